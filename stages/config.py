@@ -1,0 +1,306 @@
+"""params.yaml -> typed, validated, frozen config objects.
+
+Every key is declared once, with its default, its constraint and a help line (the
+README table is written from the same declarations). Every bad value is reported with
+one message template, naming the key, what is expected and what was received, before a
+stage does any work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stages.errors import ConfigError
+
+DEFAULT_PARAMS_PATH = "params.yaml"
+
+
+# --- constraints -------------------------------------------------------------------------
+class Constraint:
+    """What one params value may be. `convert` returns the value to use, or raises ValueError."""
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def convert(self, value: Any) -> Any:
+        raise NotImplementedError
+
+
+class Interval(Constraint):
+    """A number (int or float) between `low` and `high`; either end may be open or absent."""
+
+    def __init__(self, kind: type, low=None, high=None, *, low_open=False, high_open=False):
+        self.kind, self.low, self.high = kind, low, high
+        self.low_open, self.high_open = low_open, high_open
+
+    def describe(self) -> str:
+        noun = "an integer" if self.kind is int else "a number"
+        if self.low is not None and self.high is not None:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"{noun} in {left}{self.low}, {self.high}{right}"
+        if self.low is not None:
+            return f"{noun} {'>' if self.low_open else '>='} {self.low}"
+        if self.high is not None:
+            return f"{noun} {'<' if self.high_open else '<='} {self.high}"
+        return noun
+
+    def convert(self, value: Any) -> Any:
+        allowed = (int,) if self.kind is int else (int, float)
+        if isinstance(value, bool) or not isinstance(value, allowed):
+            raise ValueError
+        if self.kind is float and not math.isfinite(value):
+            raise ValueError
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            raise ValueError
+        if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
+            raise ValueError
+        return self.kind(value)
+
+
+class OneOf(Constraint):
+    """One of a fixed set of names. `aliases` maps YAML spellings (e.g. `off` -> False) back."""
+
+    def __init__(self, *options: str, aliases: Mapping[Any, str] | None = None):
+        self.options = options
+        self.aliases = dict(aliases or {})
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(repr(option) for option in self.options)
+
+    def convert(self, value: Any) -> Any:
+        if not isinstance(value, str) and value in self.aliases:
+            return self.aliases[value]
+        if isinstance(value, str) and value in self.options:
+            return value
+        raise ValueError
+
+
+class Boolean(Constraint):
+    def describe(self) -> str:
+        return "true or false"
+
+    def convert(self, value: Any) -> Any:
+        if not isinstance(value, bool):
+            raise ValueError
+        return value
+
+
+class Text(Constraint):
+    def describe(self) -> str:
+        return "a non-empty string"
+
+    def convert(self, value: Any) -> Any:
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError
+        return value
+
+
+class ListOf(Constraint):
+    """A list whose items all satisfy `item`; stored as a tuple so configs stay frozen."""
+
+    def __init__(self, item: Constraint, min_length: int = 0):
+        self.item, self.min_length = item, min_length
+
+    def describe(self) -> str:
+        size = f"at least {self.min_length} " if self.min_length else ""
+        return f"a list of {size}items, each {self.item.describe()}"
+
+    def convert(self, value: Any) -> Any:
+        if not isinstance(value, (list, tuple)) or len(value) < self.min_length:
+            raise ValueError
+        return tuple(self.item.convert(item) for item in value)
+
+
+class Nullable(Constraint):
+    """`null` (None) or a value that satisfies `inner`."""
+
+    def __init__(self, inner: Constraint):
+        self.inner = inner
+
+    def describe(self) -> str:
+        return f"null or {self.inner.describe()}"
+
+    def convert(self, value: Any) -> Any:
+        return None if value is None else self.inner.convert(value)
+
+
+def param(default: Any, constraint: Constraint, help: str) -> Any:
+    """Declare one params key: its default, what it accepts, and one line for the README."""
+    return field(default=default, metadata={"constraint": constraint, "help": help})
+
+
+def bad_value(key: str, expected: str, received: Any, source: str = DEFAULT_PARAMS_PATH) -> ConfigError:
+    """The one message template for every bad params value."""
+    return ConfigError(
+        f"{source}: '{key}' must be {expected}, got {received!r}; "
+        f"fix it in {source} or pass -S {key}=<value> to dvc exp run"
+    )
+
+
+# --- the params groups ---------------------------------------------------------------------
+DATASETS = ("digits",)
+OPTIMIZERS = ("sgd", "rmsprop", "adam")
+ACTIVATIONS = ("relu", "elu", "selu", "tanh", "sigmoid")
+
+
+@dataclass(frozen=True)
+class PrepareParams:
+    dataset: str = param("digits", OneOf(*DATASETS), "dataset source to load")
+    val_split: float = param(
+        0.15, Interval(float, 0, 1, low_open=True, high_open=True),
+        "fraction of the training images held out for validation (stratified)",
+    )
+    test_split: float = param(
+        0.15, Interval(float, 0, 1, low_open=True, high_open=True),
+        "fraction held out for testing, for sources without their own test split",
+    )
+
+    def check(self, source: str) -> None:
+        if self.val_split + self.test_split >= 0.9:
+            raise bad_value(
+                "prepare.val_split", "such that val_split + test_split < 0.9",
+                self.val_split, source,
+            )
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    # YAML 1.1 reads a bare `off` as false: accept both spellings.
+    mode: str = param("off", OneOf("off", aliases={False: "off"}), "augmentation mode")
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    architecture: str = param("cnn", OneOf("cnn"), "model family")
+    conv_filters: tuple[int, ...] = param(
+        (32, 64), ListOf(Interval(int, 1, 4096), min_length=1),
+        "filters of each conv block (Conv2D + pooling)",
+    )
+    kernel_size: int = param(3, Interval(int, 1, 15), "side of the square conv kernels")
+    padding: str = param("same", OneOf("same", "valid"), "conv padding")
+    dense_units: tuple[int, ...] = param(
+        (64,), ListOf(Interval(int, 1, 65536)), "units of the hidden dense layers"
+    )
+    activation: str = param("relu", OneOf(*ACTIVATIONS), "activation of hidden layers")
+    dropout_rate: float = param(
+        0.25, Interval(float, 0, 1, high_open=True), "dropout before the classifier (0 = none)"
+    )
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    optimizer: str = param("adam", OneOf(*OPTIMIZERS), "optimizer")
+    learning_rate: float = param(
+        0.001, Interval(float, 0, 10, low_open=True), "initial learning rate"
+    )
+    batch_size: int = param(32, Interval(int, 1, 65536), "images per gradient step")
+    epochs: int = param(30, Interval(int, 1, 10000), "passes over the training set")
+    monitor: str = param(
+        "val_accuracy", OneOf("val_accuracy", "val_loss"),
+        "metric that chooses the best epoch kept in models/model.keras",
+    )
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    batch_size: int = param(256, Interval(int, 1, 65536), "images per prediction batch")
+
+
+@dataclass(frozen=True)
+class ReportParams:
+    title: str = param("cnnlab report", Text(), "heading of reports/report.md")
+    figure_dpi: int = param(100, Interval(int, 50, 300), "resolution of the PNG figures")
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int = param(42, Interval(int, 0, 2**31 - 1), "drives splits, initialization, shuffling")
+    prepare: PrepareParams = field(default_factory=PrepareParams)
+    augment: AugmentParams = field(default_factory=AugmentParams)
+    model: ModelParams = field(default_factory=ModelParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    report: ReportParams = field(default_factory=ReportParams)
+
+
+# --- parsing -----------------------------------------------------------------------------------
+def _parse(cls: type, raw: Any, prefix: str, source: str) -> Any:
+    """Build the frozen dataclass `cls` from a mapping, checking every key and value."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise bad_value(prefix or "<top level>", "a mapping of keys to values", raw, source)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f"did you mean '{prefix}{close[0]}'? " if close else ""
+            raise ConfigError(
+                f"{source}: unknown key '{prefix}{key}'; {hint}"
+                f"known keys here: {', '.join(fields)}; remove or rename it"
+            )
+    values = {}
+    for name, spec in fields.items():
+        if "constraint" not in spec.metadata:  # a nested group
+            values[name] = _parse(spec.default_factory, raw.get(name), f"{name}.", source)
+            continue
+        value = raw.get(name, spec.default)
+        try:
+            values[name] = spec.metadata["constraint"].convert(value)
+        except (ValueError, TypeError):
+            raise bad_value(prefix + name, spec.metadata["constraint"].describe(), value, source) from None
+    parsed = cls(**values)
+    if hasattr(parsed, "check"):
+        parsed.check(source)
+    return parsed
+
+
+def parse_params(raw: Any, source: str = DEFAULT_PARAMS_PATH) -> Params:
+    return _parse(Params, raw, "", source)
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS_PATH) -> Params:
+    """Read and validate params.yaml; raise ConfigError with one clear line if anything is off."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: params file not found; run cnnlab from the project folder "
+            "(the one with dvc.yaml) or pass --params"
+        ) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}; fix the syntax") from None
+    return parse_params(raw, str(path))
+
+
+def describe_params() -> list[tuple[str, str, str, str]]:
+    """(key, default, allowed, help) for every key: the README's params table."""
+    rows = []
+
+    def walk(cls: type, prefix: str) -> None:
+        for spec in dataclasses.fields(cls):
+            if "constraint" not in spec.metadata:
+                walk(spec.default_factory, f"{spec.name}.")
+                continue
+            default = spec.default
+            shown = json.dumps(list(default) if isinstance(default, tuple) else default)
+            rows.append(
+                (prefix + spec.name, shown, spec.metadata["constraint"].describe(), spec.metadata["help"])
+            )
+
+    walk(Params, "")
+    return rows

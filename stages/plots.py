@@ -1,0 +1,95 @@
+"""Matplotlib figures, written as deterministic PNGs (no timestamps or version stamps)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # no screen on servers or in CI
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from stages.io import atomic_path  # noqa: E402
+
+
+def save_figure(figure, path: str | os.PathLike, dpi: int = 100) -> None:
+    # Dropping the "Software" stamp keeps the bytes identical across runs and versions.
+    with atomic_path(path) as temp:
+        figure.savefig(temp, dpi=dpi, format="png", metadata={"Software": None}, bbox_inches="tight")
+    plt.close(figure)
+
+
+def _show_image(axis, image: np.ndarray) -> None:
+    if image.shape[-1] == 1:
+        axis.imshow(image[..., 0], cmap="gray_r" if image.mean() < 0.5 else "gray")
+    else:
+        axis.imshow(np.clip(image, 0, 1))
+    axis.set_xticks([])
+    axis.set_yticks([])
+
+
+def sample_grid(
+    images: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
+    path: str | os.PathLike, per_class: int = 5, dpi: int = 100,
+) -> None:
+    """The first `per_class` images of each class, one row per class, labelled by name."""
+    rows = len(class_names)
+    figure, axes = plt.subplots(rows, per_class, figsize=(per_class * 1.1, rows * 1.1), squeeze=False)
+    for class_id, name in enumerate(class_names):
+        indices = np.flatnonzero(np.asarray(labels) == class_id)[:per_class]
+        for column in range(per_class):
+            axis = axes[class_id, column]
+            axis.axis("off")
+            if column < len(indices):
+                _show_image(axis, np.asarray(images[indices[column]], dtype=np.float32))
+                axis.axis("on")
+        axes[class_id, 0].set_ylabel(name, rotation=0, ha="right", va="center")
+    figure.suptitle("Sample training images by class")
+    save_figure(figure, path, dpi)
+
+
+def training_curves(history: dict[str, Sequence[float]], path: str | os.PathLike, dpi: int = 100) -> None:
+    """Accuracy and loss per epoch, training beside validation (the course's two plots)."""
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for axis, metric in zip(axes, ("accuracy", "loss")):
+        for prefix, label in (("", "train"), ("val_", "validation")):
+            values = history.get(prefix + metric)
+            if values:
+                axis.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=label)
+        axis.set_title(metric.capitalize())
+        axis.set_xlabel("epoch")
+        axis.grid(alpha=0.3)
+        axis.legend()
+    save_figure(figure, path, dpi)
+
+
+def confusion_matrix_figure(
+    matrix: np.ndarray, class_names: Sequence[str], path: str | os.PathLike, dpi: int = 100
+) -> None:
+    """Counts (left) and row-normalized recall per true class (right), numbers in the cells."""
+    matrix = np.asarray(matrix)
+    totals = matrix.sum(axis=1, keepdims=True)
+    normalized = np.divide(matrix, totals, out=np.zeros(matrix.shape, dtype=float), where=totals > 0)
+    size = max(4.0, 0.55 * len(class_names) + 2)
+    figure, axes = plt.subplots(1, 2, figsize=(2 * size + 1, size))
+    for axis, values, title, fmt in (
+        (axes[0], matrix, "Counts", "d"),
+        (axes[1], normalized, "Row-normalized (recall)", ".2f"),
+    ):
+        axis.imshow(values, cmap="Blues")
+        ticks = range(len(class_names))
+        axis.set_xticks(ticks, class_names, rotation=45, ha="right")
+        axis.set_yticks(ticks, class_names)
+        axis.set_xlabel("predicted")
+        axis.set_ylabel("actual")
+        axis.set_title(title)
+        threshold = values.max() / 2 if values.size else 0
+        if len(class_names) <= 20:
+            for (row, column), value in np.ndenumerate(values):
+                axis.text(column, row, format(value, fmt), ha="center", va="center", fontsize=7,
+                          color="white" if value > threshold else "black")
+    save_figure(figure, path, dpi)
+
