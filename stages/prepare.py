@@ -17,6 +17,7 @@ from sklearn.model_selection import train_test_split
 from stages import plots
 from stages.config import PrepareParams
 from stages.datasets import RawDataset, load_dataset
+from stages.images import normalize
 from stages.io import atomic_dir, save_array, write_json
 
 SPLITS = ("train", "val", "test")
@@ -41,15 +42,11 @@ def split_dataset(raw: RawDataset, params: PrepareParams, seed: int) -> dict[str
     }
 
 
-def scale_to_unit(images: np.ndarray, max_value: float) -> np.ndarray:
-    """Pixel values -> float32 in [0, 1] (the course's x / 255)."""
-    return (np.asarray(images, dtype=np.float32) / np.float32(max_value)).clip(0.0, 1.0)
-
-
 def prepare(params: PrepareParams, seed: int, output_dir: str | Path) -> dict:
     """Run the stage; return the metadata written to meta.json."""
     raw = load_dataset(params.dataset)
     splits = split_dataset(raw, params, seed)
+    normalization = {"method": "unit", "scale": float(raw.max_value)}
     meta = {
         "dataset": params.dataset,
         "source": raw.description,
@@ -57,14 +54,14 @@ def prepare(params: PrepareParams, seed: int, output_dir: str | Path) -> dict:
         "num_classes": len(raw.class_names),
         "image_shape": list(raw.train_images.shape[1:]),
         "splits": {name: int(len(labels)) for name, (_, labels) in splits.items()},
-        "normalization": {"method": "unit", "scale": float(raw.max_value)},
+        "normalization": normalization,
         "seed": seed,
     }
     with atomic_dir(output_dir) as folder:
         for name, (images, labels) in splits.items():
-            save_array(folder / f"{name}_x.npy", scale_to_unit(images, raw.max_value))
+            save_array(folder / f"{name}_x.npy", normalize(images, normalization))
             save_array(folder / f"{name}_y.npy", np.asarray(labels, dtype=np.int64))
-        train_x = scale_to_unit(splits["train"][0], raw.max_value)
+        train_x = normalize(splits["train"][0], normalization)
         plots.sample_grid(train_x, splits["train"][1], raw.class_names, folder / "samples.png")
         write_json(folder / "meta.json", meta)
     return meta
