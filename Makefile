@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install repro test test-fast lock clean
+.PHONY: install repro test test-fast lock clean params-table
 
 install: $(STAMP)
 
@@ -35,3 +35,7 @@ lock:
 
 clean:
 	rm -rf $(VENV)
+
+# The README's params table, generated from stages/config.py (paste it into README.md).
+params-table: install
+	@$(BIN)/python -m stages.config

@@ -304,3 +304,14 @@ def describe_params() -> list[tuple[str, str, str, str]]:
 
     walk(Params, "")
     return rows
+
+
+def params_table_markdown() -> str:
+    """The README's params table, generated from the declarations (`make params-table`)."""
+    lines = ["| key | default | allowed | what it does |", "|---|---|---|---|"]
+    lines += [f"| `{key}` | `{default}` | {allowed} | {help} |" for key, default, allowed, help in describe_params()]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(params_table_markdown())

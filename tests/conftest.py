@@ -40,7 +40,7 @@ def write_params(folder: Path, overrides: dict) -> Path:
 
 
 # Small enough for seconds of training, big enough to learn digits well.
-FAST_PARAMS = {"train": {"epochs": 3, "batch_size": 64}, "model": {"conv_filters": [8, 16], "dense_units": [16]}}
+FAST_PARAMS = {"train": {"epochs": 3, "batch_size": 32, "learning_rate": 0.005}, "model": {"conv_filters": [8, 16], "dense_units": [16]}}
 
 
 @pytest.fixture

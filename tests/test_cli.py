@@ -1,0 +1,75 @@
+"""The command line: fast start without TensorFlow, one-line user errors with exit code 2."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO_ROOT, run_cnnlab, write_params
+
+TF_MODULES = "[m for m in sys.modules if m == 'tensorflow' or m.startswith(('tensorflow.', 'keras'))]"
+
+
+def imported_tensorflow(code: str, cwd) -> list[str]:
+    """Run `code` in a fresh interpreter and return the TensorFlow/Keras modules it imported."""
+    probe = f"import sys\n{code}\nprint({TF_MODULES})"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=cwd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return eval(result.stdout.strip().splitlines()[-1])
+
+
+def test_help_and_cli_import_do_not_load_tensorflow(tmp_path):
+    code = (
+        "from typer.testing import CliRunner\nfrom stages.cli import app\n"
+        "result = CliRunner().invoke(app, ['--help'])\nassert result.exit_code == 0, result.output\n"
+        "assert 'prepare' in result.output and 'train' in result.output"
+    )
+    assert imported_tensorflow(code, tmp_path) == []
+
+
+def test_prepare_and_report_run_without_tensorflow(tmp_path):
+    write_params(tmp_path, {})
+    code = "from stages.cli import app\ntry:\n    app(['prepare'])\nexcept SystemExit as e:\n    assert e.code == 0, e.code"
+    assert imported_tensorflow(code, tmp_path) == []
+    assert (tmp_path / "data" / "prepared" / "meta.json").is_file()
+    assert imported_tensorflow("import stages.report", tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"train": {"optimizer": "adamm"}}, "train.optimizer"),
+        ({"train": {"epochs": -1}}, "train.epochs"),
+        ({"prepare": {"colour": "rgb"}}, "prepare.colour"),
+    ],
+)
+def test_bad_params_give_one_line_exit_code_2_and_keep_previous_artifacts(tmp_path, overrides, key):
+    write_params(tmp_path, {})
+    run_cnnlab("prepare", cwd=tmp_path, check=True)
+    meta = tmp_path / "data" / "prepared" / "meta.json"
+    before = hashlib.sha256(meta.read_bytes()).hexdigest()
+
+    write_params(tmp_path, overrides)
+    for command in ("check", "prepare"):
+        result = run_cnnlab(command, cwd=tmp_path)
+        assert result.returncode == 2
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert lines[0].startswith("cnnlab: error: params.yaml:") and key in lines[0]
+        assert "Traceback" not in result.stderr
+    assert hashlib.sha256(meta.read_bytes()).hexdigest() == before
+
+
+def test_missing_artifact_is_a_user_error(tmp_path):
+    write_params(tmp_path, {})
+    result = run_cnnlab("augment", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "prepared metadata not found" in result.stderr and "dvc repro" in result.stderr
+
+
+def test_check_accepts_the_repository_params():
+    result = run_cnnlab("check", cwd=REPO_ROOT)
+    assert result.returncode == 0 and "OK" in result.stdout
