@@ -80,11 +80,11 @@ def train(params: str = ParamsOption, prepared: Path = PreparedOption,
 def evaluate(params: str = ParamsOption, model: Path = ModelOption,
              prepared: Path = PreparedOption, metrics: Path = MetricsOption,
              output: Path = EvaluationOption) -> None:
-    """Predict the test set; write metrics, per-class table and confusion matrix."""
+    """Predict the test set; write metrics, per-class table, confusion matrix and figures."""
     config = _params(params)
     from stages.evaluate import evaluate as run
 
-    result = run(config.evaluate, model, prepared, metrics, output)
+    result = run(config.evaluate, model, prepared, metrics, output, config.report.figure_dpi)
     typer.echo(f"test accuracy {result['accuracy']:.4f}, macro F1 {result['f1_macro']:.4f} -> {metrics}")
 
 

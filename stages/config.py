@@ -213,6 +213,19 @@ class TrainParams:
 @dataclass(frozen=True)
 class EvaluateParams:
     batch_size: int = param(256, Interval(int, 1, 65536), "images per prediction batch")
+    top_k: int = param(
+        3, Interval(int, 1, 1000),
+        "k of top_k_accuracy: a test image counts as right if its class is among the k most "
+        "probable (capped at the number of classes)",
+    )
+    misclassified_images: int = param(
+        25, Interval(int, 0, 400),
+        "most confident mistakes drawn in the misclassified-examples grid (0 = no grid)",
+    )
+    feature_map_layers: int = param(
+        2, Interval(int, 0, 16),
+        "first convolutional layers whose activations are drawn for one test image (0 = none)",
+    )
 
 
 @dataclass(frozen=True)
