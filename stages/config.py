@@ -231,7 +231,19 @@ class EvaluateParams:
 @dataclass(frozen=True)
 class ReportParams:
     title: str = param("cnnlab report", Text(), "heading of reports/report.md")
-    figure_dpi: int = param(100, Interval(int, 50, 300), "resolution of the PNG figures")
+    figure_dpi: int = param(
+        100, Interval(int, 50, 300), "resolution of the PNG figures (report and evaluate)"
+    )
+    # The fit diagnosis is made by the report stage from the training history (no model
+    # needed), so its thresholds live here: changing them re-writes only the report.
+    underfit_error: float = param(
+        0.10, Interval(float, 0, 1, low_open=True, high_open=True),
+        "training error (1 - accuracy) at the best epoch above which the model underfits",
+    )
+    overfit_gap: float = param(
+        0.05, Interval(float, 0, 1, low_open=True, high_open=True),
+        "validation error minus training error at the best epoch above which the model overfits",
+    )
 
 
 @dataclass(frozen=True)
