@@ -104,6 +104,28 @@ def report(params: str = ParamsOption, prepared: Path = PreparedOption,
     typer.echo(f"report -> {output}")
 
 
+@app.command()
+def compare(
+    rev: str = typer.Option("main", help="Git revision (branch, tag, commit) to compare the workspace with."),
+    experiments: bool = typer.Option(False, "--experiments", help="Compare DVC experiments instead (dvc exp show)."),
+    md: bool = typer.Option(False, "--md", help="Markdown, ready for a pull-request comment."),
+    sort_by: str = typer.Option("accuracy", help="Metric that orders the experiments table."),
+    plot: Path = typer.Option(Path("reports/compare/experiments.png"),
+                              help="Overlay plot of the experiments' validation curves."),
+    output: Path = typer.Option(None, help="Write the text to this file instead of printing it."),
+    params: str = ParamsOption, metrics: Path = MetricsOption, summary: Path = SummaryOption,
+    evaluation: Path = EvaluationOption, live_dir: Path = LiveOption,
+) -> None:
+    """What changed? Params, metrics and per-class F1 against a git revision, or across experiments."""
+    from stages.compare import ComparePaths, compare_experiments, compare_revision
+    from stages.io import write_text
+
+    paths = ComparePaths(Path(params), metrics, evaluation / "per_class.json", summary, live_dir)
+    text = (compare_experiments(paths, sort_by, md, plot) if experiments
+            else compare_revision(rev, paths, md))
+    write_text(output, text) if output else typer.echo(text, nl=False)
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     try:
