@@ -80,16 +80,17 @@ def train(params: str = ParamsOption, prepared: Path = PreparedOption,
 def evaluate(params: str = ParamsOption, model: Path = ModelOption,
              prepared: Path = PreparedOption, metrics: Path = MetricsOption,
              output: Path = EvaluationOption) -> None:
-    """Predict the test set; write metrics, per-class table and confusion matrix."""
+    """Predict the test set; write metrics, per-class table, confusion matrix and figures."""
     config = _params(params)
     from stages.evaluate import evaluate as run
 
-    result = run(config.evaluate, model, prepared, metrics, output)
+    result = run(config.evaluate, model, prepared, metrics, output, config.report.figure_dpi)
     typer.echo(f"test accuracy {result['accuracy']:.4f}, macro F1 {result['f1_macro']:.4f} -> {metrics}")
 
 
 @app.command()
 def report(params: str = ParamsOption, prepared: Path = PreparedOption,
+           augmented: Path = AugmentedOption,
            summary: Path = SummaryOption, metrics: Path = MetricsOption,
            evaluation: Path = EvaluationOption, live_dir: Path = LiveOption,
            output: Path = typer.Option(Path("reports/report.md"), help="Markdown report to write."),
@@ -98,9 +99,31 @@ def report(params: str = ParamsOption, prepared: Path = PreparedOption,
     from stages.report import ReportInputs, report as run
 
     config = _params(params)
-    inputs = ReportInputs(prepared, summary, metrics, evaluation, live_dir)
+    inputs = ReportInputs(prepared, summary, metrics, evaluation, live_dir, augmented)
     run(config.report, inputs, output)
     typer.echo(f"report -> {output}")
+
+
+@app.command()
+def compare(
+    rev: str = typer.Option("main", help="Git revision (branch, tag, commit) to compare the workspace with."),
+    experiments: bool = typer.Option(False, "--experiments", help="Compare DVC experiments instead (dvc exp show)."),
+    md: bool = typer.Option(False, "--md", help="Markdown, ready for a pull-request comment."),
+    sort_by: str = typer.Option("accuracy", help="Metric that orders the experiments table."),
+    plot: Path = typer.Option(Path("reports/compare/experiments.png"),
+                              help="Overlay plot of the experiments' validation curves."),
+    output: Path = typer.Option(None, help="Write the text to this file instead of printing it."),
+    params: str = ParamsOption, metrics: Path = MetricsOption, summary: Path = SummaryOption,
+    evaluation: Path = EvaluationOption, live_dir: Path = LiveOption,
+) -> None:
+    """What changed? Params, metrics and per-class F1 against a git revision, or across experiments."""
+    from stages.compare import ComparePaths, compare_experiments, compare_revision
+    from stages.io import write_text
+
+    paths = ComparePaths(Path(params), metrics, evaluation / "per_class.json", summary, live_dir)
+    text = (compare_experiments(paths, sort_by, md, plot) if experiments
+            else compare_revision(rev, paths, md))
+    write_text(output, text) if output else typer.echo(text, nl=False)
 
 
 def main() -> None:

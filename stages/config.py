@@ -213,12 +213,37 @@ class TrainParams:
 @dataclass(frozen=True)
 class EvaluateParams:
     batch_size: int = param(256, Interval(int, 1, 65536), "images per prediction batch")
+    top_k: int = param(
+        3, Interval(int, 1, 1000),
+        "k of top_k_accuracy: a test image counts as right if its class is among the k most "
+        "probable (capped at the number of classes)",
+    )
+    misclassified_images: int = param(
+        25, Interval(int, 0, 400),
+        "most confident mistakes drawn in the misclassified-examples grid (0 = no grid)",
+    )
+    feature_map_layers: int = param(
+        2, Interval(int, 0, 16),
+        "first convolutional layers whose activations are drawn for one test image (0 = none)",
+    )
 
 
 @dataclass(frozen=True)
 class ReportParams:
     title: str = param("cnnlab report", Text(), "heading of reports/report.md")
-    figure_dpi: int = param(100, Interval(int, 50, 300), "resolution of the PNG figures")
+    figure_dpi: int = param(
+        100, Interval(int, 50, 300), "resolution of the PNG figures (report and evaluate)"
+    )
+    # The fit diagnosis is made by the report stage from the training history (no model
+    # needed), so its thresholds live here: changing them re-writes only the report.
+    underfit_error: float = param(
+        0.10, Interval(float, 0, 1, low_open=True, high_open=True),
+        "training error (1 - accuracy) at the best epoch above which the model underfits",
+    )
+    overfit_gap: float = param(
+        0.05, Interval(float, 0, 1, low_open=True, high_open=True),
+        "validation error minus training error at the best epoch above which the model overfits",
+    )
 
 
 @dataclass(frozen=True)

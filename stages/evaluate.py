@@ -1,10 +1,18 @@
-"""evaluate: test-set predictions, metrics, the per-class table and the confusion matrix.
+"""evaluate: test-set predictions, metrics, per-class table, confusion matrix and figures.
 
 Writes:
-    reports/metrics.json                   accuracy, loss, macro precision/recall/F1, images
-    reports/evaluation/per_class.csv       class, precision, recall, f1, support (scikit-learn)
+    reports/metrics.json                     headline metrics (accuracy, loss, top-k, macro and
+                                             weighted precision/recall/F1; ROC AUC and average
+                                             precision for binary tasks), number of test images
+    reports/evaluation/per_class.csv         class, precision, recall, f1, support (scikit-learn)
+    reports/evaluation/per_class.json        the same as DVC metrics: {class: {precision, ...}}
     reports/evaluation/confusion_matrix.csv  counts, rows = actual class, columns = predicted
-    reports/evaluation/confusion.csv       one `actual,predicted` row per test image (dvc plots)
+    reports/evaluation/confusion.csv         one `actual,predicted` row per test image (dvc plots)
+    reports/evaluation/roc.csv, precision_recall.csv   binary tasks: the curves' points
+    reports/evaluation/figures/*.png         confusion matrix, most confident mistakes, feature
+                                             maps, ROC and precision-recall curves
+
+Everything that needs the model is drawn here, so `report` never imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -15,31 +23,55 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import (
     accuracy_score,
+    average_precision_score,
     confusion_matrix,
     log_loss,
+    precision_recall_curve,
     precision_recall_fscore_support,
+    roc_auc_score,
+    roc_curve,
+    top_k_accuracy_score,
 )
 
+from stages import plots
 from stages.config import EvaluateParams
 from stages.io import atomic_dir, load_array, read_json, require_file, write_json
 from stages.runtime import import_tensorflow
 
+FIGURES_DIR = "figures"
+# Feature-map figures show at most this many channels per layer (the first ones).
+FEATURE_MAP_CHANNELS = 16
 
-def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, class_names: list[str]) -> dict:
-    """Headline metrics from true labels and predicted class probabilities."""
+
+def classification_metrics(
+    labels: np.ndarray, probabilities: np.ndarray, class_names: list[str], top_k: int = 1
+) -> dict:
+    """Headline metrics from true labels and predicted class probabilities (N, num_classes)."""
     class_ids = list(range(len(class_names)))
     predicted = probabilities.argmax(axis=1)
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        labels, predicted, labels=class_ids, average="macro", zero_division=0
-    )
-    return {
+    binary = len(class_names) == 2
+    # scikit-learn scores a binary task by the positive class's probability alone.
+    scores = probabilities[:, 1] if binary else probabilities
+    k = min(top_k, len(class_names))
+    # With k = the number of classes every image is "right" (scikit-learn warns it is meaningless).
+    top_k_accuracy = top_k_accuracy_score(labels, scores, k=k, labels=class_ids) if k < len(class_names) else 1.0
+    metrics = {
         "accuracy": float(accuracy_score(labels, predicted)),
         "loss": float(log_loss(labels, probabilities, labels=class_ids)),
-        "precision_macro": float(precision),
-        "recall_macro": float(recall),
-        "f1_macro": float(f1),
-        "test_images": int(len(labels)),
+        "top_k_accuracy": float(top_k_accuracy),
     }
+    for average in ("macro", "weighted"):
+        precision, recall, f1, _ = precision_recall_fscore_support(
+            labels, predicted, labels=class_ids, average=average, zero_division=0
+        )
+        metrics.update({f"precision_{average}": float(precision), f"recall_{average}": float(recall),
+                        f"f1_{average}": float(f1)})
+    if binary and len(np.unique(labels)) == 2:  # both undefined when the test set has one class
+        metrics["roc_auc"] = float(roc_auc_score(labels, scores))
+        metrics["average_precision"] = float(average_precision_score(labels, scores))
+    metrics["top_k"] = k
+    metrics["test_images"] = int(len(labels))
+    return metrics
 
 
 def per_class_table(labels: np.ndarray, predicted: np.ndarray, class_names: list[str]) -> pd.DataFrame:
@@ -48,6 +80,15 @@ def per_class_table(labels: np.ndarray, predicted: np.ndarray, class_names: list
     )
     return pd.DataFrame({"class": class_names, "precision": precision, "recall": recall,
                          "f1": f1, "support": support})
+
+
+def per_class_metrics(table: pd.DataFrame) -> dict:
+    """{class: {precision, recall, f1, support}}: DVC shows each as `<class>.f1` in metrics diff."""
+    return {
+        str(row["class"]): {"precision": float(row["precision"]), "recall": float(row["recall"]),
+                            "f1": float(row["f1"]), "support": int(row["support"])}
+        for _, row in table.iterrows()
+    }
 
 
 def confusion_tables(labels: np.ndarray, predicted: np.ndarray, class_names: list[str]):
@@ -59,36 +100,106 @@ def confusion_tables(labels: np.ndarray, predicted: np.ndarray, class_names: lis
     return matrix, rows
 
 
-def predict_probabilities(model_path: str | Path, images: np.ndarray, batch_size: int) -> np.ndarray:
+def binary_curves(labels: np.ndarray, probabilities: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """ROC (fpr, tpr) and precision-recall points for the positive class (class id 1)."""
+    fpr, tpr, _ = roc_curve(labels, probabilities[:, 1])
+    precision, recall, _ = precision_recall_curve(labels, probabilities[:, 1])
+    return (pd.DataFrame({"fpr": fpr, "tpr": tpr}),
+            pd.DataFrame({"recall": recall, "precision": precision}))
+
+
+def write_binary_curves(labels, probabilities, metrics: dict, positive_class: str,
+                        folder: Path, dpi: int) -> None:
+    """The curves' points as CSV (DVC plots) and as one PNG with both curves."""
+    roc, precision_recall = binary_curves(labels, probabilities)
+    roc.to_csv(folder / "roc.csv", index=False, float_format="%.6f")
+    precision_recall.to_csv(folder / "precision_recall.csv", index=False, float_format="%.6f")
+    plots.binary_curves_figure(roc, precision_recall, metrics, positive_class,
+                               folder / FIGURES_DIR / "roc_precision_recall.png", dpi)
+
+
+def most_confident_mistakes(labels: np.ndarray, probabilities: np.ndarray, count: int) -> np.ndarray:
+    """Indices of up to `count` misclassified images, the most confident prediction first."""
+    predicted = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    confidence = probabilities[wrong, predicted[wrong]]
+    # A stable sort keeps test-set order among equal confidences: the same grid every run.
+    return wrong[np.argsort(-confidence, kind="stable")][:count]
+
+
+def load_model(model_path: str | Path):
     import_tensorflow()
     import keras
 
-    model = keras.saving.load_model(model_path, safe_mode=True)
+    return keras.saving.load_model(require_file(model_path, "trained model"), safe_mode=True)
+
+
+def predict_probabilities(model, images: np.ndarray, batch_size: int) -> np.ndarray:
     probabilities = np.asarray(model.predict(images, batch_size=batch_size, verbose=0), dtype=np.float64)
     # float32 softmax rows sum to 1 only up to rounding; log_loss wants exact probabilities.
     return probabilities / probabilities.sum(axis=1, keepdims=True)
 
 
+def feature_maps(model, image: np.ndarray, num_layers: int) -> list[tuple[str, np.ndarray]]:
+    """Activations (H, W, C) of the first `num_layers` convolutional layers for one image.
+
+    A visualization model maps the classifier's input to those layers' outputs.
+    """
+    import keras
+
+    conv_types = (keras.layers.Conv2D, keras.layers.SeparableConv2D, keras.layers.DepthwiseConv2D)
+    layers = [layer for layer in model.layers if isinstance(layer, conv_types)][:num_layers]
+    if not layers:
+        return []
+    viewer = keras.Model(model.inputs, [layer.output for layer in layers])
+    outputs = viewer.predict(np.asarray(image, dtype=np.float32)[np.newaxis], verbose=0)
+    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    return [(layer.name, np.asarray(output[0])) for layer, output in zip(layers, outputs)]
+
+
+def write_figures(params: EvaluateParams, model, test_x, test_y, probabilities, class_names,
+                  matrix: pd.DataFrame, folder: Path, dpi: int) -> None:
+    """Confusion matrix, most confident mistakes and feature maps, as PNGs in `folder`."""
+    plots.confusion_matrix_figure(matrix.to_numpy(), class_names, folder / "confusion_matrix.png", dpi)
+    mistakes = most_confident_mistakes(test_y, probabilities, params.misclassified_images)
+    if len(mistakes):
+        predicted = probabilities[mistakes].argmax(axis=1)
+        plots.misclassified_grid(
+            np.asarray(test_x[mistakes]), [class_names[i] for i in test_y[mistakes]],
+            [class_names[i] for i in predicted], probabilities[mistakes, predicted],
+            folder / "misclassified.png", dpi,
+        )
+    maps = feature_maps(model, test_x[0], params.feature_map_layers) if params.feature_map_layers else []
+    if maps:
+        plots.feature_maps_figure(np.asarray(test_x[0]), class_names[test_y[0]], maps,
+                                  folder / "feature_maps.png", FEATURE_MAP_CHANNELS, dpi)
+
+
 def evaluate(
     params: EvaluateParams, model_path: str | Path, prepared_dir: str | Path,
-    metrics_path: str | Path, output_dir: str | Path,
+    metrics_path: str | Path, output_dir: str | Path, figure_dpi: int = 100,
 ) -> dict:
     """Run the stage; return the metrics written to metrics.json."""
     prepared_dir = Path(prepared_dir)
     meta = read_json(prepared_dir / "meta.json", "prepared metadata")
-    require_file(model_path, "trained model")
+    model = load_model(model_path)
     test_x, test_y = load_array(prepared_dir / "test_x.npy"), load_array(prepared_dir / "test_y.npy", mmap=False)
     class_names = meta["class_names"]
 
-    probabilities = predict_probabilities(model_path, test_x, params.batch_size)
+    probabilities = predict_probabilities(model, test_x, params.batch_size)
     predicted = probabilities.argmax(axis=1)
-    metrics = classification_metrics(test_y, probabilities, class_names)
+    metrics = classification_metrics(test_y, probabilities, class_names, params.top_k)
     matrix, rows = confusion_tables(test_y, predicted, class_names)
+    per_class = per_class_table(test_y, predicted, class_names)
 
     with atomic_dir(output_dir) as folder:
-        per_class_table(test_y, predicted, class_names).to_csv(
-            folder / "per_class.csv", index=False, float_format="%.4f")
+        per_class.to_csv(folder / "per_class.csv", index=False, float_format="%.4f")
+        write_json(folder / "per_class.json", per_class_metrics(per_class))
         matrix.to_csv(folder / "confusion_matrix.csv")
         rows.to_csv(folder / "confusion.csv", index=False)
+        if "roc_auc" in metrics:
+            write_binary_curves(test_y, probabilities, metrics, class_names[1], folder, figure_dpi)
+        write_figures(params, model, test_x, test_y, probabilities, class_names, matrix,
+                      folder / FIGURES_DIR, figure_dpi)
     write_json(metrics_path, metrics)
     return metrics

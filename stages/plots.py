@@ -11,6 +11,7 @@ matplotlib.use("Agg")  # no screen on servers or in CI
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from stages.io import atomic_path  # noqa: E402
 
@@ -61,6 +62,7 @@ def training_curves(history: dict[str, Sequence[float]], path: str | os.PathLike
                 axis.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=label)
         axis.set_title(metric.capitalize())
         axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
         axis.legend()
     save_figure(figure, path, dpi)
@@ -93,3 +95,84 @@ def confusion_matrix_figure(
                           color="white" if value > threshold else "black")
     save_figure(figure, path, dpi)
 
+
+
+def misclassified_grid(
+    images: np.ndarray, actual: Sequence[str], predicted: Sequence[str], confidences: Sequence[float],
+    path: str | os.PathLike, dpi: int = 100, columns: int = 5,
+) -> None:
+    """Test images the model got wrong, in the given order, each titled true / predicted (confidence)."""
+    rows = -(-len(images) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.9, rows * 2.1), squeeze=False,
+                                layout="constrained")
+    for index, axis in enumerate(axes.flat):
+        axis.axis("off")
+        if index < len(images):
+            _show_image(axis, np.asarray(images[index], dtype=np.float32))
+            axis.set_title(f"true: {actual[index]}\npredicted: {predicted[index]}\n"
+                           f"({confidences[index]:.0%})", fontsize=8)
+    figure.suptitle("Misclassified test images, most confident mistakes first")
+    save_figure(figure, path, dpi)
+
+
+def feature_maps_figure(
+    image: np.ndarray, class_name: str, layer_maps: Sequence[tuple[str, np.ndarray]],
+    path: str | os.PathLike, max_channels: int = 16, dpi: int = 100, columns: int = 8,
+) -> None:
+    """One test image and, below it, the activation map of each channel of each layer."""
+    blocks = [-(-min(maps.shape[-1], max_channels) // columns) for _, maps in layer_maps]
+    figure, axes = plt.subplots(1 + sum(blocks), columns, figsize=(columns * 1.2, (1 + sum(blocks)) * 1.3),
+                                squeeze=False, layout="constrained")
+    for axis in axes.flat:
+        axis.axis("off")
+    _show_image(axes[0, 0], np.asarray(image, dtype=np.float32))
+    axes[0, 0].axis("on")
+    axes[0, 0].set_title(f"input ({class_name})", fontsize=8)
+    row = 1
+    for (name, maps), block in zip(layer_maps, blocks):
+        for channel in range(min(maps.shape[-1], max_channels)):
+            axis = axes[row + channel // columns, channel % columns]
+            axis.imshow(maps[..., channel], cmap="viridis")
+            axis.set_title(f"channel {channel}", fontsize=6)
+        axes[row, 0].text(-0.1, 0.5, f"{name}\n{maps.shape[0]}x{maps.shape[1]}x{maps.shape[2]}",
+                          transform=axes[row, 0].transAxes, ha="right", va="center", fontsize=8)
+        row += block
+    figure.suptitle("Feature maps: activations of the first convolutional layers")
+    save_figure(figure, path, dpi)
+
+
+def binary_curves_figure(roc, precision_recall, metrics: dict, positive_class: str,
+                         path: str | os.PathLike, dpi: int = 100) -> None:
+    """ROC curve (left) and precision-recall curve (right) for the positive class."""
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4.5), layout="constrained")
+    axes[0].plot(roc["fpr"], roc["tpr"], label=f"AUC {metrics['roc_auc']:.4f}")
+    axes[0].plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
+    axes[0].set(xlabel="false positive rate", ylabel="true positive rate", title="ROC curve")
+    axes[1].step(precision_recall["recall"], precision_recall["precision"], where="post",
+                 label=f"average precision {metrics['average_precision']:.4f}")
+    axes[1].set(xlabel="recall", ylabel="precision", title="Precision-recall curve")
+    for axis in axes:
+        axis.set_xlim(0, 1)
+        axis.set_ylim(0, 1.02)
+        axis.grid(alpha=0.3)
+        axis.legend(loc="lower right")
+    figure.suptitle(f"Positive class: {positive_class}")
+    save_figure(figure, path, dpi)
+
+
+def experiments_overlay(
+    histories: dict[str, dict[str, Sequence[float]]], path: str | os.PathLike, dpi: int = 100
+) -> None:
+    """Validation accuracy and loss per epoch, one curve per experiment."""
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for axis, metric in zip(axes, ("val_accuracy", "val_loss")):
+        for name, history in histories.items():
+            values = history.get(metric)
+            if values:
+                axis.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=name)
+        axis.set_title(metric.replace("val_", "validation ").capitalize() + " per epoch")
+        axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    save_figure(figure, path, dpi)

@@ -35,7 +35,7 @@ def test_prepare_and_report_run_without_tensorflow(tmp_path):
     code = "from stages.cli import app\ntry:\n    app(['prepare'])\nexcept SystemExit as e:\n    assert e.code == 0, e.code"
     assert imported_tensorflow(code, tmp_path) == []
     assert (tmp_path / "data" / "prepared" / "meta.json").is_file()
-    assert imported_tensorflow("import stages.report", tmp_path) == []
+    assert imported_tensorflow("import stages.report, stages.compare", tmp_path) == []
 
 
 @pytest.mark.parametrize(

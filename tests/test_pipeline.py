@@ -52,7 +52,7 @@ def test_report_links_only_existing_figures_and_is_deterministic(pipeline_dir):
     for heading in ("## What was trained", "## Test metrics", "## Per-class precision, recall and F1"):
         assert heading in text
     links = [line.split("](")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]
-    assert {"figures/training_curves.png", "figures/confusion_matrix.png", "figures/samples.png"} <= set(links)
+    assert {"figures/training_curves.png", "evaluation/figures/confusion_matrix.png", "figures/samples.png"} <= set(links)
     for link in links:
         assert (report.parent / link).is_file()
     figures = {p.name: p.read_bytes() for p in (report.parent / "figures").iterdir()}

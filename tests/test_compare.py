@@ -1,0 +1,209 @@
+"""cnnlab compare: diffs of params and metrics, the experiments table, and both modes end to end."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import REPO_ROOT
+from stages.compare import (
+    Experiment,
+    direction,
+    experiments_table,
+    format_table,
+    metrics_diff,
+    params_diff,
+    parse_experiments,
+    per_class_f1_diff,
+    worse_summary,
+)
+
+OLD_METRICS = {"accuracy": 0.80, "loss": 0.50, "f1_macro": 0.75, "test_images": 100}
+NEW_METRICS = {"accuracy": 0.90, "loss": 0.60, "f1_macro": 0.75, "test_images": 100, "roc_auc": 0.95}
+
+
+def test_direction_of_metrics():
+    assert direction("accuracy") == 1 and direction("f1_macro") == 1 and direction("roc_auc") == 1
+    assert direction("loss") == -1 and direction("eval.loss") == -1
+    assert direction("test_images") == 0 and direction("top_k") == 0
+
+
+def test_metrics_diff_absolute_relative_and_what_got_worse():
+    table = metrics_diff(OLD_METRICS, NEW_METRICS).set_index("metric")
+
+    assert table.loc["accuracy", "change"] == pytest.approx(0.10)
+    assert table.loc["accuracy", "relative"] == pytest.approx(0.125)  # 0.10 / 0.80
+    assert table.loc["accuracy", "verdict"] == "better"
+    assert table.loc["loss", "change"] == pytest.approx(0.10)
+    assert table.loc["loss", "relative"] == pytest.approx(0.20)
+    assert table.loc["loss", "verdict"] == "worse"  # a higher loss is worse
+    assert table.loc["f1_macro", "change"] == 0 and table.loc["f1_macro", "verdict"] == ""
+    assert table.loc["test_images", "verdict"] == ""
+    assert table.loc["roc_auc", "old"] is None and table.loc["roc_auc", "change"] is None  # new metric
+
+    text = format_table(metrics_diff(OLD_METRICS, NEW_METRICS), markdown=True)
+    assert re.search(r"\| loss +\| +0\.5000 \| +0\.6000 \| +\+0\.1000 \| +\+20\.00% \| \*\*worse\*\* +\|", text)
+    assert re.search(r"\| test_images +\| +100 \| +100 \| +\+0 \|", text)
+
+
+def test_per_class_f1_diff_and_the_worse_summary():
+    old = {"cat": {"f1": 0.9, "support": 5}, "dog": {"f1": 0.5, "support": 5}}
+    new = {"cat": {"f1": 0.8, "support": 5}, "dog": {"f1": 0.7, "support": 5}, "bird": {"f1": 0.0, "support": 2}}
+    table = per_class_f1_diff(old, new)
+
+    assert table["class"].tolist() == ["cat", "dog", "bird"]
+    assert table["change"].tolist()[:2] == pytest.approx([-0.1, 0.2])
+    assert table["verdict"].tolist() == ["worse", "better", ""]
+    summary = worse_summary(metrics_diff(OLD_METRICS, NEW_METRICS), table, markdown=True)
+    assert summary == "**Got worse:** loss (+0.1000), F1 of class cat (-0.1000)"
+    assert worse_summary(metrics_diff(OLD_METRICS, OLD_METRICS), per_class_f1_diff(old, old), False) == \
+        "Nothing got worse."
+
+
+def test_params_diff_lists_changed_added_and_removed_keys():
+    old = {"seed": 1, "train": {"optimizer": "adam", "epochs": 3}, "model": {"conv_filters": [8, 16]}}
+    new = {"seed": 1, "train": {"optimizer": "sgd", "epochs": 3, "momentum": 0.9}, "model": {"conv_filters": [8]}}
+    table = params_diff(old, new)
+    assert table.values.tolist() == [["model.conv_filters", "[8, 16]", "[8]"],
+                                     ["train.momentum", "(absent)", "0.9"],
+                                     ["train.optimizer", "adam", "sgd"]]
+    assert params_diff(old, old).empty
+
+
+def exp_state(rev: str, name: str | None, optimizer: str, accuracy: float | None) -> dict:
+    """One entry shaped like `dvc exp show --json` (DVC 3) output."""
+    metrics = {} if accuracy is None else {
+        "reports/metrics.json": {"data": {"accuracy": accuracy, "loss": 1 - accuracy, "f1_macro": accuracy - 0.01}}}
+    return {"rev": rev, "name": name, "error": None, "experiments": None,
+            "data": {"rev": rev, "timestamp": "2026-01-01T00:00:00", "meta": {}, "metrics": metrics,
+                     "params": {"params.yaml": {"data": {"seed": 1, "train": {"optimizer": optimizer,
+                                                                                   "epochs": 3}}}}}}
+
+
+EXP_SHOW = [
+    exp_state("workspace", None, "adam", 0.5),
+    {**exp_state("a" * 40, "main", "adam", 0.5),
+     "experiments": [{"name": "quick-fox", "executor": None, "revs": [exp_state("b" * 40, "quick-fox", "sgd", 0.3)]},
+                     {"name": "slow-owl", "executor": None, "revs": [exp_state("c" * 40, "slow-owl", "rmsprop", 0.7)]},
+                     {"name": "queued", "executor": "workspace", "revs": [exp_state("d" * 40, "queued", "sgd", None)]}]},
+]
+
+
+def test_parse_experiments_skips_the_workspace_and_unfinished_ones():
+    experiments = parse_experiments(EXP_SHOW)
+    assert [(e.name, e.rev[0]) for e in experiments] == [("main", "a"), ("quick-fox", "b"), ("slow-owl", "c")]
+    assert experiments[1].params["train.optimizer"] == "sgd"
+    assert experiments[2].metrics["accuracy"] == 0.7
+
+
+def test_experiments_table_shows_differing_params_sorted_by_the_chosen_metric():
+    experiments = parse_experiments(EXP_SHOW)
+    summaries = {"c" * 40: {"epochs_run": 3, "training_seconds": 12.3}}
+    table = experiments_table(experiments, summaries, "accuracy")
+    assert table["experiment"].tolist() == ["slow-owl", "main", "quick-fox"]
+    assert "train.optimizer" in table.columns and "train.epochs" not in table.columns and "seed" not in table.columns
+    assert table.loc[0, "epochs"] == 3 and table.loc[0, "training time (s)"] == 12.3
+    by_loss = experiments_table(experiments, summaries, "loss")
+    assert by_loss["experiment"].tolist() == ["slow-owl", "main", "quick-fox"]  # lowest loss first
+    one = [Experiment("x", "e" * 40, {"a": 1}, {"accuracy": 0.5})]
+    assert "a" not in experiments_table(one, {}, "accuracy").columns
+
+
+# --- end to end, with the real dvc --------------------------------------------------------------------
+NO_TENSORFLOW = ("import sys\nfrom stages.cli import app\n"
+                 "try:\n    app(sys.argv[1:], standalone_mode=False)\n"
+                 "finally:\n    assert 'tensorflow' not in sys.modules, 'TensorFlow was imported'\n")
+
+
+def cnnlab_without_tensorflow(project, *arguments: str) -> subprocess.CompletedProcess:
+    """Run a cnnlab command in the project and fail if it imported TensorFlow."""
+    return subprocess.run([sys.executable, "-c", NO_TENSORFLOW, *arguments], cwd=project.path,
+                          capture_output=True, text=True, env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin",
+                                                               "DVC_NO_ANALYTICS": "1", "HOME": str(project.path)})
+
+
+def write_metrics(project, accuracy: float, loss: float, cat_f1: float) -> None:
+    reports = project.path / "reports"
+    (reports / "evaluation").mkdir(parents=True, exist_ok=True)
+    (reports / "metrics.json").write_text(json.dumps({"accuracy": accuracy, "loss": loss, "test_images": 50}))
+    (reports / "evaluation" / "per_class.json").write_text(json.dumps(
+        {"cat": {"f1": cat_f1, "support": 25}, "dog": {"f1": 0.8, "support": 25}}))
+
+
+@pytest.mark.e2e
+def test_compare_against_a_revision_reads_committed_files_without_tensorflow(dvc_project):
+    write_metrics(dvc_project, accuracy=0.80, loss=0.40, cat_f1=0.9)
+    dvc_project("git", "add", "-A")
+    dvc_project("git", "commit", "-q", "-m", "baseline metrics")
+    write_metrics(dvc_project, accuracy=0.84, loss=0.44, cat_f1=0.85)
+    params = yaml.safe_load((dvc_project.path / "params.yaml").read_text())
+    params["train"]["learning_rate"] = 0.01
+    (dvc_project.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    result = cnnlab_without_tensorflow(dvc_project, "compare", "--rev", "HEAD", "--md")
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert "## cnnlab compare: workspace vs HEAD" in text
+    assert "**Got worse:** loss (+0.0400), F1 of class cat (-0.0500)" in text
+    assert re.search(r"\| train\.learning_rate +\| 0\.001 +\| 0\.01 +\|", text)
+    assert re.search(r"\| accuracy +\| +0\.8000 \| +0\.8400 \| +\+0\.0400 \| +\+5\.00% \| better", text)
+    assert re.search(r"\| cat +\| +0\.9000 \| +0\.8500 \| +-0\.0500 \| \*\*worse\*\*", text)
+
+    bad = cnnlab_without_tensorflow(dvc_project, "compare", "--rev", "no-such-branch")
+    assert bad.returncode != 0 and "no-such-branch" in bad.stderr
+
+
+@pytest.mark.e2e
+def test_compare_names_a_bad_revision_in_one_line(dvc_project):
+    write_metrics(dvc_project, accuracy=0.8, loss=0.4, cat_f1=0.9)
+    result = subprocess.run([sys.executable, "-m", "stages", "compare", "--rev", "no-such-branch"],
+                            cwd=dvc_project.path, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.startswith("cnnlab: error: cannot read git revision 'no-such-branch'")
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.e2e
+@pytest.mark.tf
+def test_experiments_with_two_optimizers_then_compare(dvc_project):
+    dvc_project("dvc", "repro", "-q")
+    dvc_project("git", "add", "-A")
+    dvc_project("git", "commit", "-q", "-m", "baseline: adam")
+    for optimizer in ("sgd", "rmsprop"):
+        dvc_project("dvc", "exp", "run", "-q", "--name", f"with-{optimizer}", "-S", f"train.optimizer={optimizer}")
+
+    accuracies = {}
+    for baseline in json.loads(dvc_project("dvc", "exp", "show", "--json").stdout)[1:]:
+        for experiment in [baseline] + [e["revs"][0] for e in baseline["experiments"] or []]:
+            accuracies[experiment["name"]] = experiment["data"]["metrics"]["reports/metrics.json"]["data"]["accuracy"]
+    assert set(accuracies) == {"main", "with-sgd", "with-rmsprop"}
+
+    text = dvc_project("cnnlab", "compare", "--experiments", "--md").stdout
+    rows = {match[0]: match[1:] for match in re.findall(r"^\| (\S+) +\| [0-9a-f]{7} \| (\w+) +\| +([0-9.]+) \|",
+                                                         text, flags=re.MULTILINE)}
+    assert rows == {name: ({"main": "adam"}.get(name, name.removeprefix("with-")), f"{accuracy:.4f}")
+                    for name, accuracy in accuracies.items()}
+    assert "| train.optimizer" in text  # the one param that differs
+    assert (dvc_project.path / "reports" / "compare" / "experiments.png").read_bytes().startswith(b"\x89PNG")
+
+    # Take the rmsprop experiment into the workspace: compare against the committed baseline.
+    dvc_project("dvc", "exp", "apply", "with-rmsprop")
+    against_head = dvc_project("cnnlab", "compare", "--rev", "HEAD").stdout
+    change = accuracies["with-rmsprop"] - accuracies["main"]
+    assert re.search(r"train\.optimizer +adam +rmsprop", against_head)
+    numbers = [f"{accuracies['main']:.4f}", f"{accuracies['with-rmsprop']:.4f}", f"{change:+.4f}"]
+    assert re.search("accuracy +" + " +".join(map(re.escape, numbers)), against_head)
+    dvc_project("git", "add", "-A")
+    dvc_project("git", "commit", "-q", "-m", "switch to rmsprop")
+    assert dvc_project("cnnlab", "compare", "--rev", "HEAD~1").stdout == against_head.replace("HEAD", "HEAD~1")
+    assert "No params changed." in dvc_project("cnnlab", "compare", "--rev", "HEAD").stdout
+    # The top-level metrics in dvc.yaml make DVC's own diff show per-class changes too.
+    diff = json.loads(dvc_project("dvc", "metrics", "diff", "HEAD~1", "--json").stdout)
+    assert "accuracy" in diff["reports/metrics.json"]
+    assert any(key.endswith(".f1") for key in diff.get("reports/evaluation/per_class.json", {})) or \
+        accuracies["with-rmsprop"] == accuracies["main"]
