@@ -173,26 +173,22 @@ def folder_without_data_dir(root: Path) -> tuple[dict, str]:
 
 @pytest.mark.parametrize("make", [crafted_cifar, missing_mnist, damaged_idx, too_big_val_count,
                                   folder_without_data_dir])
-def test_prepare_errors_are_one_line_with_exit_code_2(tmp_path: Path, make):
-    overrides, expected = make(tmp_path)
-    write_params(tmp_path, {"prepare": overrides})
-    result = subprocess.run(
-        [sys.executable, "-m", "stages", "prepare"], cwd=tmp_path, capture_output=True, text=True,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "CNNLAB_OFFLINE": "1",
-             "KERAS_HOME": str(tmp_path / "keras-home")},
-    )
+def test_prepare_errors_are_one_line_with_exit_code_2(offline: Path, make):
+    overrides, expected = make(offline)
+    write_params(offline, {"prepare": overrides})
+    result = run_cnnlab("prepare", cwd=offline)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("cnnlab: error: ") and result.stderr.count("\n") == 1
     assert expected in result.stderr and "Traceback" not in result.stderr
-    assert not (tmp_path / "pwned").exists()
-    assert not (tmp_path / "data" / "prepared").exists()
+    assert not (offline / "pwned").exists()
+    assert not (offline / "data" / "prepared").exists()
 
 
-def test_datasets_command_lists_sources_and_where_they_are(tmp_path: Path):
-    write_cifar10(tmp_path / "data" / "raw" / "cifar-10-batches-py", cifar_like(10, 1, 1))
-    mnist = write_mnist_idx(tmp_path / "elsewhere", mnist_like())
-    write_params(tmp_path, {"prepare": {"dataset": "mnist", "data_dir": str(mnist)}})
-    result = run_cnnlab("datasets", cwd=tmp_path, check=True)
+def test_datasets_command_lists_sources_and_where_they_are(offline: Path):
+    write_cifar10(offline / "data" / "raw" / "cifar-10-batches-py", cifar_like(10, 1, 1))
+    mnist = write_mnist_idx(offline / "elsewhere", mnist_like())
+    write_params(offline, {"prepare": {"dataset": "mnist", "data_dir": str(mnist)}})
+    result = run_cnnlab("datasets", cwd=offline, check=True)
     lines = {line.split()[1] if line.startswith("*") else line.split()[0]: line
              for line in result.stdout.splitlines()[1:-1]}
     assert set(lines) == {"digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "folder"}
