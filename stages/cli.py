@@ -141,6 +141,19 @@ def export(model: Path = ModelOption, meta: Path = MetaOption,
     typer.echo(f"SavedModel ({record['signature']}: raw pixels {record['input']['shape']} -> "
                f"{len(record['class_names'])} classes) -> {output}")
 
+
+@app.command()
+def init(directory: Path = typer.Argument(..., help="New (or empty) folder for the project."),
+         data: Path | None = typer.Option(None, help="Folder of images, one sub-folder per class "
+                                                     "(default: the bundled digits)."),
+         ) -> None:
+    """Create a new cnnlab project: git + DVC, dvc.yaml, a commented params.yaml, README."""
+    from stages.scaffold import init as run
+
+    created = run(directory, data)
+    typer.echo(f"created {created['project_dir']}; next: cd {directory} && cnnlab check && dvc repro")
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     try:
