@@ -52,37 +52,36 @@ def params_text(overrides: dict[str, object]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def data_source(data_dir: str | Path | None, project_dir: Path) -> tuple[dict[str, object], str]:
+def data_source(data_dir: str | Path | None) -> tuple[dict[str, object], str]:
     """The params overrides and the README line for the project's images."""
     if data_dir is None:
         return {}, ("It starts on scikit-learn's bundled 8x8 digits: set `prepare.dataset: folder` and "
                     "`prepare.data_dir` in params.yaml to train on your own folder of images.")
-    data_dir = Path(data_dir).resolve()
+    data_dir = Path(data_dir).resolve()  # absolute: the project may be run from anywhere
     if not data_dir.is_dir():
         raise DataError(f"--data {data_dir}: no such folder; pass a folder with one sub-folder "
                         "of images per class")
-    # Inside the project a relative path keeps the project movable; outside, absolute.
-    shown = os.path.relpath(data_dir, project_dir) if data_dir.is_relative_to(project_dir) else str(data_dir)
-    return ({"prepare.dataset": "folder", "prepare.data_dir": shown},
-            f"Images come from `{shown}` (one sub-folder per class; the folder names are the class names).")
+    return ({"prepare.dataset": "folder", "prepare.data_dir": str(data_dir)},
+            f"Images come from `{data_dir}` (one sub-folder per class; the folder names are the class names).")
 
 
-def run_git(folder: Path, *args: str) -> None:
+def run_git(folder: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     if shutil.which("git") is None:
         raise CnnlabError("git not found on PATH; install git, then run cnnlab init again")
-    subprocess.run(["git", *args], cwd=folder, check=True, capture_output=True, text=True)
+    result = subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        reason = (result.stderr.strip().splitlines() or ["no message"])[-1]
+        raise CnnlabError(f"git {args[-1] if args[0] == '-c' else args[0]} failed ({reason}); "
+                          "the project was not created: fix git, then run cnnlab init again")
+    return result
 
 
 def commit_all(folder: Path) -> None:
     """The first commit. DVCLive (in `train`) and `dvc exp run` both fail in a repo without one."""
     run_git(folder, "add", "--all")
     message = ["commit", "--quiet", "--message", "New cnnlab project (cnnlab init)"]
-    try:
-        run_git(folder, *message)
-    except subprocess.CalledProcessError as error:
-        if "identity" not in error.stderr and "who you are" not in error.stderr:
-            raise
-        # git has no user.name/email here: sign this one commit as cnnlab (amend it at will).
+    if run_git(folder, *message, check=False).returncode != 0:
+        # Usually git has no user.name/email here: sign this one commit as cnnlab (amend it at will).
         run_git(folder, "-c", "user.name=cnnlab init", "-c", "user.email=cnnlab@localhost", *message)
 
 
@@ -108,7 +107,7 @@ def init(project_dir: str | Path, data_dir: str | Path | None = None) -> dict:
     project_dir = Path(project_dir).resolve()
     if project_dir.exists() and (not project_dir.is_dir() or any(project_dir.iterdir())):
         raise CnnlabError(f"{project_dir} already exists and is not an empty folder; choose a new one")
-    overrides, source = data_source(data_dir, project_dir)
+    overrides, source = data_source(data_dir)
     params = params_text(overrides)
     parse_params(yaml.safe_load(params), "params.yaml")  # a project that fails `cnnlab check` is no project
     readme = Template((TEMPLATES / "README.md").read_text(encoding="utf-8"))
