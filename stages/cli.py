@@ -44,12 +44,24 @@ def check(params: str = ParamsOption) -> None:
 
 @app.command()
 def prepare(params: str = ParamsOption, output: Path = PreparedOption) -> None:
-    """Load the dataset, scale to [0, 1], split train/val/test, write arrays and meta.json."""
+    """Load the dataset, split train/val/test, normalize, write arrays and meta.json."""
     from stages.prepare import prepare as run
+    from stages.prepare import skipped_warning
 
     config = _params(params)
     meta = run(config.prepare, config.seed, output)
-    typer.echo(f"prepared {meta['dataset']}: {meta['splits']} -> {output}")
+    if warning := skipped_warning(meta):
+        typer.echo(f"cnnlab: warning: {warning}", err=True)
+    typer.echo(f"prepared {meta['dataset']} ({meta['found_at']}): {meta['splits']} -> {output}")
+
+
+@app.command()
+def datasets(params: str = ParamsOption) -> None:
+    """List the dataset sources, whether each is available offline now, and where it lies."""
+    from stages.datasets import format_survey, survey
+
+    config = _params(params)
+    typer.echo(format_survey(survey(config.prepare), config.prepare.dataset))
 
 
 @app.command()

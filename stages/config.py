@@ -107,17 +107,41 @@ class Text(Constraint):
 class ListOf(Constraint):
     """A list whose items all satisfy `item`; stored as a tuple so configs stay frozen."""
 
-    def __init__(self, item: Constraint, min_length: int = 0):
-        self.item, self.min_length = item, min_length
+    def __init__(self, item: Constraint, min_length: int = 0, max_length: int | None = None):
+        self.item, self.min_length, self.max_length = item, min_length, max_length
 
     def describe(self) -> str:
-        size = f"at least {self.min_length} " if self.min_length else ""
+        if self.max_length is not None and self.max_length == self.min_length:
+            size = f"exactly {self.min_length} "
+        else:
+            size = f"at least {self.min_length} " if self.min_length else ""
+            size += f"at most {self.max_length} " if self.max_length is not None else ""
         return f"a list of {size}items, each {self.item.describe()}"
 
     def convert(self, value: Any) -> Any:
         if not isinstance(value, (list, tuple)) or len(value) < self.min_length:
             raise ValueError
+        if self.max_length is not None and len(value) > self.max_length:
+            raise ValueError
         return tuple(self.item.convert(item) for item in value)
+
+
+class FractionOrCount(Constraint):
+    """A share of the images (a float strictly between 0 and 1) or a number of images (an int >= 1)."""
+
+    def describe(self) -> str:
+        return "a fraction in (0, 1) such as 0.1, or a whole number of images >= 1 such as 5000"
+
+    def convert(self, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError
+        if isinstance(value, int):
+            if value < 1:
+                raise ValueError
+            return value
+        if isinstance(value, float) and 0 < value < 1:
+            return value
+        raise ValueError
 
 
 class Nullable(Constraint):
@@ -147,7 +171,9 @@ def bad_value(key: str, expected: str, received: Any, source: str = DEFAULT_PARA
 
 
 # --- the params groups ---------------------------------------------------------------------
-DATASETS = ("digits",)
+COLOR_MODES = ("rgb", "grayscale")    # stages.images.COLOR_MODES maps them to Pillow modes
+NORMALIZATIONS = ("unit", "standardize")
+DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "folder")
 OPTIMIZERS = ("sgd", "rmsprop", "adam")
 ACTIVATIONS = ("relu", "elu", "selu", "tanh", "sigmoid")
 
@@ -155,20 +181,60 @@ ACTIVATIONS = ("relu", "elu", "selu", "tanh", "sigmoid")
 @dataclass(frozen=True)
 class PrepareParams:
     dataset: str = param("digits", OneOf(*DATASETS), "dataset source to load")
-    val_split: float = param(
-        0.15, Interval(float, 0, 1, low_open=True, high_open=True),
-        "fraction of the training images held out for validation (stratified)",
+    data_dir: str | None = param(
+        None, Nullable(Text()),
+        "where the dataset lies: the folder of class sub-folders for `folder` (required); "
+        "for the standard datasets the first place searched (null = only the known places)",
     )
-    test_split: float = param(
-        0.15, Interval(float, 0, 1, low_open=True, high_open=True),
-        "fraction held out for testing, for sources without their own test split",
+    test_dir: str | None = param(
+        None, Nullable(Text()),
+        "`folder` only: a separate folder of class sub-folders used as the test set "
+        "(null = hold out test_split)",
+    )
+    image_size: tuple[int, ...] = param(
+        (64, 64), ListOf(Interval(int, 1, 4096), min_length=2, max_length=2),
+        "`folder` only: [height, width] every image is resized to",
+    )
+    color_mode: str = param(
+        "rgb", OneOf(*COLOR_MODES), "`folder` only: channels every image is converted to"
+    )
+    val_split: float | int = param(
+        0.15, FractionOrCount(),
+        "validation images held out from train (stratified): a fraction, or a count",
+    )
+    test_split: float | int = param(
+        0.15, FractionOrCount(),
+        "test images held out, for sources without their own test split (digits, "
+        "folder without test_dir): a fraction, or a count",
+    )
+    normalization: str = param(
+        "unit", OneOf(*NORMALIZATIONS),
+        "unit: pixels / max value, in [0, 1]; standardize: then per-channel mean 0 and "
+        "std 1, with the statistics of the train split",
+    )
+    limit: int | None = param(
+        None, Nullable(Interval(int, 1)),
+        "at most this many images per class from each source split, drawn with the seed "
+        "(null = all); for quick runs",
     )
 
     def check(self, source: str) -> None:
-        if self.val_split + self.test_split >= 0.9:
+        fractions = isinstance(self.val_split, float) and isinstance(self.test_split, float)
+        if fractions and self.val_split + self.test_split >= 0.9:
             raise bad_value(
                 "prepare.val_split", "such that val_split + test_split < 0.9",
                 self.val_split, source,
+            )
+        if self.dataset == "folder" and self.data_dir is None:
+            raise bad_value(
+                "prepare.data_dir", "a folder of class sub-folders when prepare.dataset is 'folder'",
+                self.data_dir, source,
+            )
+        if self.test_dir is not None and self.dataset != "folder":
+            raise bad_value(
+                "prepare.test_dir",
+                "null unless prepare.dataset is 'folder' (the other sources bring their own test split)",
+                self.test_dir, source,
             )
 
 

@@ -33,7 +33,8 @@ def load_image(path: str | Path, image_size: tuple[int, int], color_mode: str) -
         with Image.open(path) as image:
             image.load()  # decode now, so truncated files fail here and not later
             converted = image.convert(COLOR_MODES[color_mode])
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        # A decompression bomb (far more pixels than any real photo) is refused, not decoded.
         raise UnreadableImage(f"{path}: {error}") from None
     height, width = image_size
     if converted.size != (width, height):

@@ -1,67 +1,160 @@
-"""prepare: load a dataset, scale it, split it, and write the arrays the other stages read.
+"""prepare: load a dataset, split it, normalize it, and write the arrays the other stages read.
 
 Writes into one folder (replaced atomically):
-    {train,val,test}_x.npy   float32, NHWC, values in [0, 1]
+    {train,val,test}_x.npy   float32, NHWC, normalized (meta.json says how)
     {train,val,test}_y.npy   int64 class ids
-    meta.json                class names, shapes, split sizes, source, normalization
+    meta.json                class names, shapes, split sizes, source, normalization, skipped files
     samples.png              the first images of each class
+
+Splits are chosen as index arrays and the images are written chunk by chunk into
+memory-mapped .npy files, so prepare never holds the decoded dataset and its normalized
+float32 copy at once, and `train` can memory-map the result.
 """
 
 from __future__ import annotations
 
+import math
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from stages import plots
 from stages.config import PrepareParams
 from stages.datasets import RawDataset, load_dataset
 from stages.images import normalize
 from stages.io import atomic_dir, save_array, write_json
+from stages.progress import track
+from stages.splits import limit_per_class, stratified_holdout
 
 SPLITS = ("train", "val", "test")
+CHUNK_BYTES = 64 * 2**20          # float32 images normalized and written per step
+SAMPLES_PER_CLASS = 5
 
 
-def split_dataset(raw: RawDataset, params: PrepareParams, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+@dataclass(frozen=True)
+class Split:
+    images: np.ndarray            # the source array the split's rows come from
+    indices: np.ndarray           # which rows, in the order they are written
+    labels: np.ndarray            # their class ids
+
+    def chunks(self, description: str):
+        """Successive (start, images) pieces of the split, each about CHUNK_BYTES as float32."""
+        rows = max(1, CHUNK_BYTES // (4 * math.prod(self.images.shape[1:])))
+        for start in track(range(0, len(self.indices), rows), description):
+            yield start, self.images[self.indices[start:start + rows]]
+
+
+def split_dataset(raw: RawDataset, params: PrepareParams, seed: int) -> dict[str, Split]:
     """Stratified, seeded train/val/test split; the source's own test split is kept if it has one."""
-    images, labels = raw.train_images, raw.train_labels
+    names = raw.class_names
+    pool = limit_per_class(raw.train_labels, params.limit, seed)
     if raw.test_images is None:
-        images, test_images, labels, test_labels = train_test_split(
-            images, labels, test_size=params.test_split, stratify=labels, random_state=seed
-        )
+        pool, test_rows = stratified_holdout(pool, raw.train_labels, params.test_split, seed,
+                                             "prepare.test_split", names)
+        test = Split(raw.train_images, test_rows, raw.train_labels[test_rows])
     else:
-        test_images, test_labels = raw.test_images, raw.test_labels
-    train_images, val_images, train_labels, val_labels = train_test_split(
-        images, labels, test_size=params.val_split, stratify=labels, random_state=seed
-    )
+        test_rows = limit_per_class(raw.test_labels, params.limit, seed)
+        test = Split(raw.test_images, test_rows, raw.test_labels[test_rows])
+    train_rows, val_rows = stratified_holdout(pool, raw.train_labels, params.val_split, seed,
+                                              "prepare.val_split", names)
     return {
-        "train": (train_images, train_labels),
-        "val": (val_images, val_labels),
-        "test": (test_images, test_labels),
+        "train": Split(raw.train_images, train_rows, raw.train_labels[train_rows]),
+        "val": Split(raw.train_images, val_rows, raw.train_labels[val_rows]),
+        "test": test,
+    }
+
+
+def channel_statistics(train: Split, scale: float) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the scaled training pixels, accumulated chunk by chunk."""
+    channels = train.images.shape[-1]
+    total, squares, count = np.zeros(channels), np.zeros(channels), 0
+    for _, images in train.chunks("measuring train statistics"):
+        values = images.astype(np.float64) / scale
+        total += values.sum(axis=(0, 1, 2))
+        squares += np.square(values).sum(axis=(0, 1, 2))
+        count += values[..., 0].size
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - np.square(mean), 0.0))
+    std[std < 1e-8] = 1.0  # a constant channel carries no information: leave it centred, unscaled
+    return mean.tolist(), std.tolist()
+
+
+def normalization_record(method: str, train: Split, scale: float) -> dict:
+    """meta.json's `normalization`: what `images.normalize` (and predict) apply to raw pixels."""
+    if method == "unit":
+        return {"method": "unit", "scale": float(scale)}
+    mean, std = channel_statistics(train, scale)
+    return {"method": "standardize", "scale": float(scale), "mean": mean, "std": std}
+
+
+def write_images(path: Path, split: Split, normalization: dict, name: str) -> None:
+    """Normalize the split's images into a memory-mapped float32 .npy, chunk by chunk."""
+    shape = (len(split.indices), *split.images.shape[1:])
+    output = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+    for start, images in split.chunks(f"writing {name} images"):
+        output[start:start + len(images)] = normalize(images, normalization)
+    output.flush()
+    del output
+
+
+def write_samples(split: Split, class_names: tuple[str, ...], scale: float, path: Path) -> None:
+    """The first training images of each class, scaled to [0, 1] whatever the normalization."""
+    rows = [split.indices[split.labels == class_id][:SAMPLES_PER_CLASS]
+            for class_id in range(len(class_names))]
+    labels = np.concatenate([np.full(len(chosen), class_id) for class_id, chosen in enumerate(rows)])
+    images = np.asarray(split.images[np.concatenate(rows)], dtype=np.float32) / np.float32(scale)
+    plots.sample_grid(images, labels, class_names, path, per_class=SAMPLES_PER_CLASS)
+
+
+def build_meta(params: PrepareParams, seed: int, raw: RawDataset, splits: dict[str, Split],
+               normalization: dict) -> dict:
+    image_shape = list(raw.train_images.shape[1:])
+    return {
+        "dataset": params.dataset,
+        "source": raw.description,
+        "class_names": list(raw.class_names),
+        "num_classes": len(raw.class_names),
+        "task": "binary" if len(raw.class_names) == 2 else "multiclass",
+        "image_shape": image_shape,
+        "color_mode": "grayscale" if image_shape[-1] == 1 else "rgb",
+        "splits": {name: int(len(split.indices)) for name, split in splits.items()},
+        "normalization": normalization,
+        "seed": seed,
+        "found_at": raw.found_at,
+        "limit": params.limit,
+        "skipped_files": list(raw.skipped),
+        "ignored_files": raw.ignored_files,
     }
 
 
 def prepare(params: PrepareParams, seed: int, output_dir: str | Path) -> dict:
     """Run the stage; return the metadata written to meta.json."""
-    raw = load_dataset(params.dataset)
-    splits = split_dataset(raw, params, seed)
-    normalization = {"method": "unit", "scale": float(raw.max_value)}
-    meta = {
-        "dataset": params.dataset,
-        "source": raw.description,
-        "class_names": list(raw.class_names),
-        "num_classes": len(raw.class_names),
-        "image_shape": list(raw.train_images.shape[1:]),
-        "splits": {name: int(len(labels)) for name, (_, labels) in splits.items()},
-        "normalization": normalization,
-        "seed": seed,
-    }
-    with atomic_dir(output_dir) as folder:
-        for name, (images, labels) in splits.items():
-            save_array(folder / f"{name}_x.npy", normalize(images, normalization))
-            save_array(folder / f"{name}_y.npy", np.asarray(labels, dtype=np.int64))
-        train_x = normalize(splits["train"][0], normalization)
-        plots.sample_grid(train_x, splits["train"][1], raw.class_names, folder / "samples.png")
+    output_dir = Path(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Decoded folders go to scratch files beside the output (same disk), deleted at the end.
+    with atomic_dir(output_dir) as folder, tempfile.TemporaryDirectory(
+        prefix=f".{output_dir.name}.scratch.", dir=output_dir.parent
+    ) as scratch:
+        raw = load_dataset(params, seed, Path(scratch))
+        splits = split_dataset(raw, params, seed)
+        normalization = normalization_record(params.normalization, splits["train"], raw.max_value)
+        for name, split in splits.items():
+            write_images(folder / f"{name}_x.npy", split, normalization, name)
+            save_array(folder / f"{name}_y.npy", np.asarray(split.labels, dtype=np.int64))
+        write_samples(splits["train"], raw.class_names, raw.max_value, folder / "samples.png")
+        meta = build_meta(params, seed, raw, splits, normalization)
         write_json(folder / "meta.json", meta)
     return meta
+
+
+def skipped_warning(meta: dict, shown: int = 5) -> str | None:
+    """One line naming the unreadable files prepare skipped (all of them are in meta.json)."""
+    skipped = meta.get("skipped_files") or []
+    if not skipped:
+        return None
+    listed = "; ".join(f"{entry['path']} ({entry['reason']})" for entry in skipped[:shown])
+    more = f"; and {len(skipped) - shown} more" if len(skipped) > shown else ""
+    return (f"skipped {len(skipped)} unreadable image file(s): {listed}{more} "
+            "(all listed under skipped_files in meta.json)")

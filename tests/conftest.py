@@ -49,6 +49,8 @@ def dvc_project(tmp_path: Path):
     project = tmp_path / "project"
     project.mkdir()
     shutil.copy(REPO_ROOT / "dvc.yaml", project / "dvc.yaml")
+    (project / "data" / "raw").mkdir(parents=True)  # prepare's dependency (dataset files go here)
+    shutil.copy(REPO_ROOT / "data" / "raw" / "README.md", project / "data" / "raw" / "README.md")
     write_params(project, FAST_PARAMS)
     env = {**os.environ, "PATH": f"{BIN_DIR}{os.pathsep}{os.environ['PATH']}",
            "TF_CPP_MIN_LOG_LEVEL": "3", "DVC_NO_ANALYTICS": "1",
