@@ -39,8 +39,12 @@ def serving_function(model, settings: ImageSettings):
     tf = import_tensorflow()
     class_names = tf.constant(list(settings.class_names))
 
+    binary_unit = model.output_shape[-1] == 1 and len(settings.class_names) == 2
+
     def serve(images):
         probabilities = model(normalize_tensor(images, settings.normalization), training=False)
+        if binary_unit:  # one sigmoid unit p -> [1 - p, p], as `cnnlab predict` reports it
+            probabilities = tf.concat([1.0 - probabilities, probabilities], axis=-1)
         class_id = tf.argmax(probabilities, axis=1)
         return {"probabilities": probabilities, "class_id": class_id,
                 "class_name": tf.gather(class_names, class_id)}

@@ -97,14 +97,23 @@ def load_classifier(model_path: str | Path, settings: ImageSettings):
     import keras
 
     model = keras.saving.load_model(model_path, safe_mode=True)
-    expected = tuple(model.input_shape[1:])
-    if expected != settings.input_shape:
+    expected, outputs = tuple(model.input_shape[1:]), model.output_shape[-1]
+    num_classes = len(settings.class_names)
+    if expected != settings.input_shape or outputs not in (num_classes, 1 if num_classes == 2 else None):
         raise DataError(
-            f"{model_path} expects images of shape {list(expected)} but meta.json records "
-            f"{list(settings.input_shape)}; the model and data/prepared come from different runs, "
-            "re-run dvc repro"
+            f"{model_path} takes images of shape {list(expected)} and gives {outputs} outputs, but "
+            f"meta.json records {list(settings.input_shape)} and {num_classes} classes; the model and "
+            "data/prepared come from different runs, re-run dvc repro"
         )
     return model
+
+
+def class_probabilities(outputs, num_classes: int) -> np.ndarray:
+    """One probability per class; a binary model's single sigmoid unit p becomes [1 - p, p]."""
+    outputs = np.asarray(outputs, dtype=np.float64)
+    if outputs.shape[-1] == 1 and num_classes == 2:
+        return np.concatenate([1.0 - outputs, outputs], axis=-1)
+    return outputs
 
 
 def top_k_table(files: Sequence[Path], probabilities: np.ndarray, class_names: Sequence[str],
@@ -150,7 +159,7 @@ def predict(
             failures.extend(skipped)
             if inputs is not None:
                 classified.extend(loaded)
-                batches.append(np.asarray(model.predict_on_batch(inputs), dtype=np.float64))
+                batches.append(class_probabilities(model.predict_on_batch(inputs), len(settings.class_names)))
             progress.advance(task, len(loaded) + len(skipped))
 
     num_classes = len(settings.class_names)

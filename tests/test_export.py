@@ -60,3 +60,28 @@ def test_export_without_a_model_is_a_user_error(trained_digits, tmp_path):
                         "--output", str(tmp_path / "out"), cwd=trained_digits)
     assert result.returncode == 2 and "trained model not found" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_binary_sigmoid_model_exports_two_class_probabilities(tmp_path):
+    import keras
+    import tensorflow as tf
+
+    from stages.export import export
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4, 4, 3))
+    outputs = keras.layers.Dense(1, activation="sigmoid")(keras.layers.Flatten()(inputs))
+    model = keras.Model(inputs, outputs)
+    model.save(tmp_path / "binary.keras")
+    meta = {"image_shape": [4, 4, 3], "class_names": ["cat", "dog"],
+            "normalization": {"method": "unit", "scale": 255.0}}
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    pixels = np.random.default_rng(1).integers(0, 256, (16, 4, 4, 3)).astype(np.float32)
+
+    export(tmp_path / "binary.keras", tmp_path / "meta.json", tmp_path / "model.export")
+
+    serve = tf.saved_model.load(str(tmp_path / "model.export")).signatures["serving_default"]
+    result = serve(images=tf.constant(pixels))
+    dog = model.predict(normalize(pixels, meta["normalization"]), verbose=0)[:, 0]
+    np.testing.assert_allclose(result["probabilities"].numpy(), np.stack([1 - dog, dog], axis=1), atol=1e-6)
+    assert result["class_id"].numpy().tolist() == (dog > 0.5).astype(int).tolist()

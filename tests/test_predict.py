@@ -13,7 +13,9 @@ from PIL import Image
 from conftest import run_cnnlab
 from stages.errors import DataError
 from stages.images import load_image, normalize
-from stages.predict import PARTIAL_FAILURE_EXIT_CODE, ImageSettings, find_images, load_batch, top_k_table
+from stages.predict import (
+    PARTIAL_FAILURE_EXIT_CODE, ImageSettings, class_probabilities, find_images, load_batch, top_k_table,
+)
 
 DIGITS_META = {"image_shape": [8, 8, 1], "normalization": {"method": "unit", "scale": 16.0},
                "class_names": [str(digit) for digit in range(10)]}
@@ -86,6 +88,13 @@ def test_top_k_table_ranks_classes_and_breaks_ties_like_argmax():
     assert table["top_3_confidence"].tolist() == [0.1, 0.2]
 
 
+def test_a_binary_models_single_unit_becomes_two_class_probabilities():
+    sigmoid = np.array([[0.9], [0.2]], dtype=np.float32)
+    assert np.allclose(class_probabilities(sigmoid, 2), [[0.1, 0.9], [0.8, 0.2]])
+    softmax = np.array([[0.1, 0.7, 0.2]])
+    assert np.array_equal(class_probabilities(softmax, 3), softmax)
+
+
 # --- the command, on a real trained model -------------------------------------------------------
 @pytest.mark.tf
 def test_predictions_on_png_files_equal_the_evaluate_stage(trained_digits, tmp_path):
@@ -152,4 +161,4 @@ def test_a_model_from_another_run_is_rejected(trained_digits, tmp_path):
     result = run_cnnlab("predict", str(image), "--meta", str(tmp_path / "meta.json"), cwd=trained_digits)
 
     assert result.returncode == 2
-    assert "expects images of shape [8, 8, 1]" in result.stderr
+    assert "takes images of shape [8, 8, 1] and gives 10 outputs" in result.stderr
