@@ -24,6 +24,9 @@ from stages.errors import CnnlabError, DataError
 from stages.io import atomic_dir
 
 TEMPLATES = resources.files("stages") / "project"
+# Copied as they are (template name -> path in the new project). dvc.yaml and data/raw/README.md
+# are the repository's own files; tests/test_init.py keeps the copies equal.
+COPIED = {"dvc.yaml": "dvc.yaml", "gitignore": ".gitignore", "data/raw/README.md": "data/raw/README.md"}
 
 
 def params_text(overrides: dict[str, object]) -> str:
@@ -55,14 +58,19 @@ def params_text(overrides: dict[str, object]) -> str:
 def data_source(data_dir: str | Path | None) -> tuple[dict[str, object], str]:
     """The params overrides and the README line for the project's images."""
     if data_dir is None:
-        return {}, ("It starts on scikit-learn's bundled 8x8 digits: set `prepare.dataset: folder` and "
-                    "`prepare.data_dir` in params.yaml to train on your own folder of images.")
+        return {}, ("It starts on scikit-learn's bundled 8x8 digits. To train on your own images, put "
+                    "them in `data/raw/<name>/<class>/` and set `prepare.dataset: folder` and "
+                    "`prepare.data_dir: data/raw/<name>` in params.yaml.")
     data_dir = Path(data_dir).resolve()  # absolute: the project may be run from anywhere
     if not data_dir.is_dir():
         raise DataError(f"--data {data_dir}: no such folder; pass a folder with one sub-folder "
                         "of images per class")
-    return ({"prepare.dataset": "folder", "prepare.data_dir": str(data_dir)},
-            f"Images come from `{data_dir}` (one sub-folder per class; the folder names are the class names).")
+    return ({"prepare.dataset": "folder", "prepare.data_dir": str(data_dir)}, (
+        f"Images come from `{data_dir}` (one sub-folder per class; the folder names are the class "
+        "names). That folder is outside the project, so `dvc repro` re-runs `prepare` when params "
+        "change but not when those images change (`dvc repro --force prepare` then). To version the "
+        "images with the project, move them to `data/raw/<name>`, run `dvc add data/raw/<name>` and "
+        "set `prepare.data_dir: data/raw/<name>`."))
 
 
 def run_git(folder: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -114,9 +122,10 @@ def init(project_dir: str | Path, data_dir: str | Path | None = None) -> dict:
 
     # Built in a temporary folder and moved into place: a failure leaves no half-made project.
     with atomic_dir(project_dir) as folder:
-        (folder / "dvc.yaml").write_text((TEMPLATES / "dvc.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+        for template, target in COPIED.items():
+            (folder / target).parent.mkdir(parents=True, exist_ok=True)
+            (folder / target).write_bytes(TEMPLATES.joinpath(*template.split("/")).read_bytes())
         (folder / "params.yaml").write_text(params, encoding="utf-8")
-        (folder / ".gitignore").write_text((TEMPLATES / "gitignore").read_text(encoding="utf-8"), encoding="utf-8")
         (folder / "README.md").write_text(
             readme.substitute(name=project_dir.name, source=source), encoding="utf-8")
         run_git(folder, "init", "--quiet")

@@ -16,7 +16,7 @@ from conftest import BIN_DIR, FAST_PARAMS, REPO_ROOT, run_cnnlab
 from stages import config
 from stages.config import Params, describe_params, parse_params
 from stages.errors import CnnlabError
-from stages.scaffold import TEMPLATES, params_text
+from stages.scaffold import COPIED, TEMPLATES, params_text
 
 GIT_ENV = {"GIT_AUTHOR_NAME": "cnnlab test", "GIT_AUTHOR_EMAIL": "test@example.com",
            "GIT_COMMITTER_NAME": "cnnlab test", "GIT_COMMITTER_EMAIL": "test@example.com"}
@@ -56,10 +56,12 @@ def write_image_tree(root: Path, per_class: int = 16) -> list[str]:
 
 
 # --- one source of truth -------------------------------------------------------------------------
-def test_packaged_pipeline_is_the_repository_pipeline():
-    """New projects get stages/project/dvc.yaml: it must stay byte-for-byte this repo's dvc.yaml."""
-    assert (TEMPLATES / "dvc.yaml").read_text() == (REPO_ROOT / "dvc.yaml").read_text(), (
-        "dvc.yaml changed: copy it to stages/project/dvc.yaml")
+@pytest.mark.parametrize("name", ["dvc.yaml", "data/raw/README.md"])
+def test_packaged_pipeline_files_are_the_repository_files(name):
+    """New projects get stages/project/<name>: it must stay byte-for-byte this repo's <name>."""
+    assert COPIED[name] == name
+    assert TEMPLATES.joinpath(*name.split("/")).read_bytes() == (REPO_ROOT / name).read_bytes(), (
+        f"{name} changed: copy it to stages/project/{name}")
 
 
 def test_generated_params_declare_every_key_with_its_comment():
@@ -86,7 +88,7 @@ def test_init_creates_a_committed_git_and_dvc_project_that_passes_check(tmp_path
     assert result.returncode == 0, result.stderr
     project = tmp_path / "demo"
 
-    for name in ("dvc.yaml", "params.yaml", ".gitignore", "README.md", ".dvc/config"):
+    for name in ("dvc.yaml", "params.yaml", ".gitignore", "README.md", ".dvc/config", "data/raw/README.md"):
         assert (project / name).is_file(), name
     assert (project / "dvc.yaml").read_text() == (REPO_ROOT / "dvc.yaml").read_text()
     assert "# demo" in (project / "README.md").read_text()
@@ -134,7 +136,7 @@ def test_init_with_own_images_then_dvc_repro_and_predict(tmp_path):
     params = yaml.safe_load((project / "params.yaml").read_text())
     assert params["prepare"]["dataset"] == "folder"
     assert Path(params["prepare"]["data_dir"]) == (tmp_path / "my_images").resolve()
-    use_fast_params(project)
+    use_fast_params(project, {"prepare": {"image_size": [12, 12]}})
 
     run("dvc", "repro", cwd=project)
 
