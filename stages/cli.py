@@ -138,6 +138,57 @@ def compare(
     write_text(output, text) if output else typer.echo(text, nl=False)
 
 
+MetaOption = typer.Option(Path("data/prepared/meta.json"),
+                          help="meta.json written by `prepare` (image size, colour mode, normalization).")
+
+
+@app.command()
+def predict(paths: list[Path] = typer.Argument(..., help="Image files and folders of images."),
+            model: Path = ModelOption, meta: Path = MetaOption,
+            output: Path | None = typer.Option(None, help="Also write the predictions to this CSV."),
+            top_k: int = typer.Option(3, min=1, help="How many most likely classes to list."),
+            batch_size: int = typer.Option(256, min=1, help="Images decoded and classified at a time."),
+            ) -> None:
+    """Classify images with the trained model. Exit 1 if some files were unreadable (skipped)."""
+    from rich.console import Console
+
+    from stages.predict import PARTIAL_FAILURE_EXIT_CODE, predict as run, results_table
+
+    result = run(paths, model, meta, batch_size, top_k, output)
+    console = Console()  # piped or redirected: full rows, not folded to 80 columns
+    console.print(results_table(result), width=None if console.is_terminal else 10_000)
+    for _, reason in result.failures:
+        typer.echo(f"cnnlab: skipped unreadable file {reason}", err=True)
+    if result.failures:
+        typer.echo(f"cnnlab: {len(result.failures)} of {len(result.failures) + len(result.table)} "
+                   "files could not be read", err=True)
+        raise typer.Exit(PARTIAL_FAILURE_EXIT_CODE)
+
+
+@app.command()
+def export(model: Path = ModelOption, meta: Path = MetaOption,
+           output: Path = typer.Option(Path("models/model.export"), help="SavedModel folder to write."),
+           ) -> None:
+    """Write the model as a TensorFlow SavedModel that normalizes raw pixels itself."""
+    from stages.export import export as run
+
+    record = run(model, meta, output)
+    typer.echo(f"SavedModel ({record['signature']}: raw pixels {record['input']['shape']} -> "
+               f"{len(record['class_names'])} classes) -> {output}")
+
+
+@app.command()
+def init(directory: Path = typer.Argument(..., help="New (or empty) folder for the project."),
+         data: Path | None = typer.Option(None, help="Folder of images, one sub-folder per class "
+                                                     "(default: the bundled digits)."),
+         ) -> None:
+    """Create a new cnnlab project: git + DVC, dvc.yaml, a commented params.yaml, README."""
+    from stages.scaffold import init as run
+
+    created = run(directory, data)
+    typer.echo(f"created {created['project_dir']}; next: cd {directory} && cnnlab check && dvc repro")
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     try:

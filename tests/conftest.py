@@ -71,3 +71,17 @@ def dvc_project(tmp_path: Path):
     project_run = run
     project_run.path = project  # type: ignore[attr-defined]
     return project_run
+
+
+@pytest.fixture(scope="session")
+def trained_digits(tmp_path_factory) -> Path:
+    """A folder where prepare -> augment -> train -> evaluate ran on digits with FAST_PARAMS.
+
+    Trained once per session (about 20 s) for the tests that need a real model and the
+    evaluate stage's predictions (predict, export). Tests must not modify it.
+    """
+    folder = tmp_path_factory.mktemp("trained_digits")
+    write_params(folder, FAST_PARAMS)
+    for command in (["prepare"], ["augment"], ["train"], ["evaluate"]):
+        run_cnnlab(*command, cwd=folder, check=True)
+    return folder
