@@ -60,7 +60,8 @@ def augment(params: str = ParamsOption, prepared: Path = PreparedOption,
 
     config = _params(params)
     policy = run(config.augment, config.seed, prepared, output)
-    typer.echo(f"augmentation mode {policy['mode']} -> {output}")
+    images = f", {policy['train_images']} training images" if "train_images" in policy else ""
+    typer.echo(f"augmentation mode {policy['mode']}{images} -> {output}")
 
 
 @app.command()
@@ -90,7 +91,7 @@ def evaluate(params: str = ParamsOption, model: Path = ModelOption,
 
 @app.command()
 def report(params: str = ParamsOption, prepared: Path = PreparedOption,
-           summary: Path = SummaryOption, metrics: Path = MetricsOption,
+           augmented: Path = AugmentedOption, summary: Path = SummaryOption, metrics: Path = MetricsOption,
            evaluation: Path = EvaluationOption, live_dir: Path = LiveOption,
            output: Path = typer.Option(Path("reports/report.md"), help="Markdown report to write."),
            ) -> None:
@@ -98,7 +99,7 @@ def report(params: str = ParamsOption, prepared: Path = PreparedOption,
     from stages.report import ReportInputs, report as run
 
     config = _params(params)
-    inputs = ReportInputs(prepared, summary, metrics, evaluation, live_dir)
+    inputs = ReportInputs(prepared, summary, metrics, evaluation, live_dir, augmented)
     run(config.report, inputs, output)
     typer.echo(f"report -> {output}")
 

@@ -29,6 +29,7 @@ class ReportInputs:
     metrics_path: Path
     evaluation_dir: Path
     live_dir: Path
+    augmented_dir: Path | None = None
 
 
 def load_history(live_dir: str | Path) -> dict[str, list[float]]:
@@ -75,6 +76,10 @@ def write_figures(inputs: ReportInputs, meta: dict, folder: Path, dpi: int) -> d
     if samples.is_file():
         shutil.copyfile(samples, folder / "samples.png")
         figures["Sample training images"] = "samples.png"
+    preview = inputs.augmented_dir / "preview.png" if inputs.augmented_dir else None
+    if preview is not None and preview.is_file():
+        shutil.copyfile(preview, folder / "augmentation_preview.png")
+        figures["Augmentation: originals beside augmented variants"] = "augmentation_preview.png"
     history = load_history(inputs.live_dir)
     if history:
         plots.training_curves(history, folder / "training_curves.png", dpi)
