@@ -1,26 +1,176 @@
 """augment: decide which training set `train` reads, and how it is augmented.
 
-With `augment.mode: off` the prepared training arrays are used as they are: the stage
-records that in policy.json instead of copying them.
+Writes into data/augmented (replaced atomically):
+    policy.json          the resolved policy: mode, seed, transforms, value range
+    preview.png          originals beside augmented variants (online and offline modes)
+    train_{x,y}.npy      offline mode only: the originals followed by `copies` augmented copies
+
+`off` uses the prepared training set as it is. `online` writes only the policy: `train`
+maps `build_online_augmenter(policy)` over its training batches, so every epoch sees a
+fresh random transform of every image and the data on disk never change. `offline`
+materializes seeded copies once, a fixed training set that DVC versions. Both modes run
+the same transform code (stages/transforms.py). Validation and test data are never
+augmented: this stage reads only the training arrays.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from stages import plots
 from stages.config import AugmentParams
-from stages.io import atomic_dir, load_array, read_json, write_json
+from stages.errors import DataError
+from stages.io import atomic_dir, load_array, read_json, save_array, write_json
+from stages.runtime import import_tensorflow
 
 POLICY_FILE = "policy.json"
+PREVIEW_FILE = "preview.png"
+TRANSFORM_KEYS = ("rotation", "width_shift", "height_shift", "zoom", "shear", "horizontal_flip",
+                  "vertical_flip", "brightness", "contrast", "erasing", "fill_mode")
+# Mirrored digits are other symbols (or other digits): flips teach such a model wrong labels.
+DIGIT_DATASETS = ("digits", "mnist")
+OFFLINE_CHUNK = 256  # images per transform call; fixed so that the output never depends on memory
+PREVIEW_CLASSES, PREVIEW_VARIANTS = 5, 6
+
+logger = logging.getLogger(__name__)
+
+
+def value_range(meta: dict) -> dict[str, list[float]]:
+    """Per-channel values of a black and a full-intensity pixel in the prepared arrays."""
+    channels = int(meta["image_shape"][-1])
+    normalization = meta["normalization"]
+    if normalization["method"] == "unit":
+        return {"low": [0.0] * channels, "high": [1.0] * channels}
+    if normalization["method"] == "standardize":
+        mean = np.broadcast_to(np.asarray(normalization["mean"], dtype=np.float64), (channels,))
+        std = np.broadcast_to(np.asarray(normalization["std"], dtype=np.float64), (channels,))
+        return {"low": (-mean / std).tolist(), "high": ((1.0 - mean) / std).tolist()}
+    raise DataError(
+        f"prepared metadata: unknown normalization method {normalization['method']!r}; "
+        "expected 'unit' or 'standardize'; re-run the prepare stage (dvc repro prepare)"
+    )
+
+
+def flip_warnings(params: AugmentParams, dataset: str) -> list[str]:
+    """One line per flip that turns this dataset's images into wrongly labelled ones."""
+    if dataset not in DIGIT_DATASETS:
+        return []
+    return [
+        f"augment.{name} is true but dataset '{dataset}' holds digits: a mirrored 2, 3, 4, 5 or 7 "
+        f"is not that digit, so the model learns wrong labels; set augment.{name}=false"
+        for name in ("horizontal_flip", "vertical_flip") if getattr(params, name)
+    ]
+
+
+def resolve_policy(params: AugmentParams, seed: int, meta: dict) -> dict:
+    """What `train` applies: only the keys that matter for the chosen mode."""
+    if params.mode == "off":
+        return {"mode": "off", "materialized": False}
+    policy = {
+        "mode": params.mode,
+        "seed": seed if params.seed is None else params.seed,
+        "materialized": params.mode == "offline",
+        "dataset": meta["dataset"],
+        "transforms": {key: getattr(params, key) for key in TRANSFORM_KEYS},
+        "value_range": value_range(meta),
+        "warnings": flip_warnings(params, meta["dataset"]),
+    }
+    if params.mode == "offline":
+        policy["copies"] = params.copies
+        policy["train_images"] = (params.copies + 1) * int(meta["splits"]["train"])
+    return policy
+
+
+def build_augmenter(policy: dict) -> Callable:
+    """`augment(images, seed) -> images` for one batch, from a resolved policy."""
+    from stages.transforms import build_augmenter as build
+
+    return build(policy["transforms"], policy["value_range"]["low"], policy["value_range"]["high"])
+
+
+def build_online_augmenter(policy: dict) -> Callable:
+    """A function mapping a batched (images, labels) tf.data pipeline to its augmented twin.
+
+    Each batch gets its own seed pair from `Dataset.random`, which draws a new sequence
+    every time the pipeline is iterated: a fresh transform of every image in every epoch,
+    repeatable from the seed, and stateless, so the map runs in parallel with training.
+    """
+    tf = import_tensorflow()
+    augment_batch = build_augmenter(policy)
+
+    def augment_dataset(dataset):
+        seeds = tf.data.Dataset.random(seed=policy["seed"], rerandomize_each_iteration=True).batch(2)
+        return tf.data.Dataset.zip(dataset, seeds).map(
+            lambda batch, seed: (augment_batch(batch[0], seed), batch[1]),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+
+    return augment_dataset
+
+
+def online_augmentation(augmented_dir: str | Path) -> Callable | None:
+    """`build_online_augmenter` of the stage's policy in `online` mode, else None."""
+    policy = read_json(Path(augmented_dir) / POLICY_FILE, "augmentation policy")
+    return build_online_augmenter(policy) if policy["mode"] == "online" else None
+
+
+def write_copies(augment_batch: Callable, images: np.ndarray, labels: np.ndarray,
+                 copies: int, seed: int, folder: Path) -> None:
+    """train_x.npy: the originals, then copy 1 of every image, copy 2, ...; labels to match.
+
+    Streams chunk by chunk into a memory-mapped .npy, so the set never needs to fit in memory.
+    """
+    tf = import_tensorflow()
+    count = len(labels)
+    output = np.lib.format.open_memmap(
+        folder / "train_x.npy", mode="w+", dtype=np.float32, shape=((copies + 1) * count, *images.shape[1:])
+    )
+    output[:count] = images
+    augment = tf.function(augment_batch, reduce_retracing=True)
+    for copy in range(1, copies + 1):
+        for start in range(0, count, OFFLINE_CHUNK):
+            chunk_seed = tf.constant([seed, (copy << 32) + start // OFFLINE_CHUNK], dtype=tf.int64)
+            augmented = augment(np.asarray(images[start:start + OFFLINE_CHUNK], np.float32), chunk_seed)
+            output[copy * count + start:copy * count + start + len(augmented)] = augmented.numpy()
+    output.flush()
+    del output  # close the memory map before the folder is moved into place
+    save_array(folder / "train_y.npy", np.tile(np.asarray(labels), copies + 1))
+
+
+def write_preview(augment_batch: Callable, images: np.ndarray, labels: np.ndarray,
+                  meta: dict, policy: dict, path: Path) -> None:
+    """The first training image of a few classes spread over the class list, beside variants."""
+    class_ids = np.unique(np.linspace(0, meta["num_classes"] - 1, PREVIEW_CLASSES).round().astype(int))
+    rows = [(class_id, np.flatnonzero(labels == class_id)) for class_id in class_ids]
+    rows = [(class_id, found[0]) for class_id, found in rows if len(found)]
+    originals = np.stack([np.asarray(images[index], np.float32) for _, index in rows])
+    variants = np.stack([
+        augment_batch(np.repeat(original[np.newaxis], PREVIEW_VARIANTS, axis=0),
+                      np.array([policy["seed"], row], dtype=np.int64)).numpy()
+        for row, original in enumerate(originals)
+    ])
+    names = [meta["class_names"][class_id] for class_id, _ in rows]
+    plots.augmentation_preview(originals, variants, names, policy["value_range"], path)
 
 
 def augment(params: AugmentParams, seed: int, prepared_dir: str | Path, output_dir: str | Path) -> dict:
     """Run the stage; return the policy written to policy.json."""
-    read_json(Path(prepared_dir) / "meta.json", "prepared metadata")  # fail early if prepare never ran
-    policy = {"mode": params.mode, "seed": seed, "materialized": False}
+    prepared_dir = Path(prepared_dir)
+    meta = read_json(prepared_dir / "meta.json", "prepared metadata")  # fail early if prepare never ran
+    policy = resolve_policy(params, seed, meta)
+    for warning in policy.get("warnings", []):
+        logger.warning(warning)
     with atomic_dir(output_dir) as folder:
+        if policy["mode"] != "off":
+            images, labels = load_array(prepared_dir / "train_x.npy"), load_array(prepared_dir / "train_y.npy")
+            augment_batch = build_augmenter(policy)
+            if policy["materialized"]:
+                write_copies(augment_batch, images, labels, policy["copies"], policy["seed"], folder)
+            write_preview(augment_batch, images, labels, meta, policy, folder / PREVIEW_FILE)
         write_json(folder / POLICY_FILE, policy)
     return policy
 

@@ -72,7 +72,8 @@ def augment(params: str = ParamsOption, prepared: Path = PreparedOption,
 
     config = _params(params)
     policy = run(config.augment, config.seed, prepared, output)
-    typer.echo(f"augmentation mode {policy['mode']} -> {output}")
+    images = f", {policy['train_images']} training images" if "train_images" in policy else ""
+    typer.echo(f"augmentation mode {policy['mode']}{images} -> {output}")
 
 
 @app.command()

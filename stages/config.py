@@ -238,10 +238,68 @@ class PrepareParams:
             )
 
 
+AUGMENT_MODES = ("off", "online", "offline")
+FILL_MODES = ("constant", "nearest", "reflect", "wrap")
+
+
 @dataclass(frozen=True)
 class AugmentParams:
     # YAML 1.1 reads a bare `off` as false: accept both spellings.
-    mode: str = param("off", OneOf("off", aliases={False: "off"}), "augmentation mode")
+    mode: str = param(
+        "off", OneOf(*AUGMENT_MODES, aliases={False: "off"}),
+        "off: prepared training set; online: fresh random transforms every epoch, in memory; "
+        "offline: `copies` augmented copies written to data/augmented",
+    )
+    copies: int = param(1, Interval(int, 1, 100), "offline: augmented copies per training image")
+    seed: int | None = param(
+        None, Nullable(Interval(int, 0, 2**31 - 1)), "augmentation seed (null = the top-level seed)"
+    )
+    rotation: float = param(10.0, Interval(float, 0, 180), "random rotation in [-rotation, rotation] degrees")
+    width_shift: float = param(
+        0.1, Interval(float, 0, 1, high_open=True), "random horizontal shift, fraction of the width"
+    )
+    height_shift: float = param(
+        0.1, Interval(float, 0, 1, high_open=True), "random vertical shift, fraction of the height"
+    )
+    zoom: float = param(
+        0.1, Interval(float, 0, 1, high_open=True), "random scale in [1 - zoom, 1 + zoom] (> 1 magnifies)"
+    )
+    shear: float = param(
+        0.0, Interval(float, 0, 90, high_open=True), "random shear angle in [-shear, shear] degrees"
+    )
+    horizontal_flip: bool = param(
+        False, Boolean(), "mirror left-right with probability 0.5 (wrong for digits)"
+    )
+    vertical_flip: bool = param(False, Boolean(), "mirror top-bottom with probability 0.5")
+    brightness: float = param(
+        0.0, Interval(float, 0, 1), "add a random delta in [-brightness, brightness] x the value range"
+    )
+    contrast: float = param(
+        0.0, Interval(float, 0, 1),
+        "scale each image's deviation from its mean by a random factor in [1 - contrast, 1 + contrast]",
+    )
+    erasing: float = param(
+        0.0, Interval(float, 0, 1),
+        "probability of erasing a random rectangle (2-40% of the image) to the fill value (cutout)",
+    )
+    fill_mode: str = param(
+        "constant", OneOf(*FILL_MODES),
+        "how pixels moved in from outside are filled (constant = black)",
+    )
+
+    def is_identity(self) -> bool:
+        """True when no transform would change an image."""
+        amounts = (self.rotation, self.width_shift, self.height_shift, self.zoom, self.shear,
+                   self.brightness, self.contrast, self.erasing)
+        return not any(amounts) and not self.horizontal_flip and not self.vertical_flip
+
+    def check(self, source: str) -> None:
+        if self.mode != "off" and self.is_identity():
+            raise bad_value(
+                "augment.mode",
+                "'off' when every transform is 0 or false (set e.g. augment.rotation=10 to augment)",
+                self.mode, source,
+            )
 
 
 @dataclass(frozen=True)

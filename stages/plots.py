@@ -175,4 +175,38 @@ def experiments_overlay(
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
+
+
+def augmentation_preview(
+    originals: np.ndarray, variants: np.ndarray, row_labels: Sequence[str],
+    value_range: dict[str, Sequence[float]], path: str | os.PathLike, dpi: int = 100,
+) -> None:
+    """Each original (first column) beside its augmented variants, one row per image.
+
+    All panels share one intensity scale (the data's value range), so brightness and
+    contrast changes stay visible instead of being stretched away per image.
+    """
+    low = np.asarray(value_range["low"], dtype=np.float32)
+    high = np.asarray(value_range["high"], dtype=np.float32)
+    originals, variants = np.asarray(originals), np.asarray(variants)
+    rows, columns = len(originals), 1 + variants.shape[1]
+    # The same colour map for a whole figure, chosen like sample_grid's (dark background -> ink on paper).
+    unit_originals = (originals - low) / (high - low)
+    cmap = "gray_r" if unit_originals.mean() < 0.5 else "gray"
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.1, rows * 1.1 + 0.4), squeeze=False)
+    for row in range(rows):
+        for column, image in enumerate([originals[row], *variants[row]]):
+            axis = axes[row, column]
+            unit = np.clip((image - low) / (high - low), 0.0, 1.0)
+            if unit.shape[-1] == 1:
+                axis.imshow(unit[..., 0], cmap=cmap, vmin=0.0, vmax=1.0)
+            else:
+                axis.imshow(unit)
+            axis.set_xticks([])
+            axis.set_yticks([])
+        axes[row, 0].set_ylabel(row_labels[row], rotation=0, ha="right", va="center")
+    axes[0, 0].set_title("original", fontsize=8)
+    for column in range(1, columns):
+        axes[0, column].set_title(f"augmented {column}", fontsize=8)
+    figure.suptitle("Augmentation preview")
     save_figure(figure, path, dpi)

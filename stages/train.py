@@ -12,7 +12,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from stages.augment import load_training_set
+from stages.augment import load_training_set, online_augmentation
 from stages.config import Params, TrainParams
 from stages.io import atomic_dir, atomic_path, load_array, read_json, write_json
 from stages.models import build_model
@@ -30,13 +30,19 @@ def make_optimizer(params: TrainParams):
     return optimizers[params.optimizer](learning_rate=params.learning_rate)
 
 
-def make_dataset(images, labels, batch_size: int, shuffle_seed: int | None = None):
-    """A tf.data pipeline over the (memory-mapped) arrays, shuffled each epoch when training."""
+def make_dataset(images, labels, batch_size: int, shuffle_seed: int | None = None, augmentation=None):
+    """A tf.data pipeline over the (memory-mapped) arrays, shuffled each epoch when training.
+
+    `augmentation` (online mode, training set only) maps the batches to freshly augmented ones.
+    """
     tf = import_tensorflow()
     dataset = tf.data.Dataset.from_tensor_slices((images, labels))
     if shuffle_seed is not None:
         dataset = dataset.shuffle(len(labels), seed=shuffle_seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.batch(batch_size)
+    if augmentation is not None:
+        dataset = augmentation(dataset)
+    return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def best_epoch(history: dict[str, list[float]], monitor: str) -> int:
@@ -75,7 +81,8 @@ def train(
             DVCLiveCallback(live=live),
         ]
         history = model.fit(
-            make_dataset(train_x, train_y, params.train.batch_size, shuffle_seed=params.seed),
+            make_dataset(train_x, train_y, params.train.batch_size, shuffle_seed=params.seed,
+                         augmentation=online_augmentation(augmented_dir)),
             validation_data=make_dataset(val_x, val_y, params.train.batch_size),
             epochs=params.train.epochs, callbacks=callbacks, verbose=keras_verbosity(),
             shuffle=False,  # the tf.data pipeline already reshuffles every epoch

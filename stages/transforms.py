@@ -1,0 +1,189 @@
+"""Random image transforms for augmentation, as stateless TensorFlow ops on batches.
+
+One piece of code serves both augmentation modes: `online` maps it over the training
+batches inside tf.data, `offline` runs it over the training set once and saves the
+copies. Every random draw is a *stateless* op keyed by an explicit seed, because `train`
+enables TensorFlow's op determinism, under which a tf.data map holding stateful random
+ops (Keras preprocessing layers draw from a stateful SeedGenerator) runs serially and
+without prefetching. Stateless ops keep the map parallel and the results repeatable.
+
+Each transform is split like Keras 3's preprocessing layers: `sample_*` draws the
+per-image parameters from the seed, `apply_*` applies given parameters, so tests can
+check each transform on exact values. The geometric transforms (rotation, shear, zoom,
+shift) are composed into one affine matrix per image and interpolated once, through
+`keras.ops.image.affine_transform` (the op the Keras layers use).
+
+Images are float32 NHWC; `low` and `high` are the per-channel values of a black and a
+full-intensity pixel after normalization (meta.json), so every transform keeps the
+images inside the value range of the prepared data.
+
+This module imports TensorFlow when it is imported: import it only inside functions of
+the stages that train or augment (stages/augment.py does).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from stages.runtime import import_tensorflow
+
+tf = import_tensorflow()
+import keras  # noqa: E402  (after TensorFlow, which import_tensorflow sets up quietly)
+
+# Random erasing (Zhong et al., 2017): the erased area is 2-40% of the image, with an
+# aspect ratio between 0.3 and 1/0.3.
+ERASING_AREA = (0.02, 0.4)
+ERASING_ASPECT = 0.3
+NUM_SEEDS = 5  # one independent stream per transform family
+
+
+def _uniform(shape, seed, low, high):
+    return tf.random.stateless_uniform(shape, seed=seed, minval=low, maxval=high, dtype=tf.float32)
+
+
+# --- geometric: rotation, shear, zoom, shift -----------------------------------------------------
+def sample_geometry(transforms: Mapping[str, Any], batch_size, height: int, width: int, seed) -> dict:
+    """Per-image rotation and shear (radians), scale, and shifts (pixels)."""
+    seeds = tf.random.split(seed, 5)
+    rotation, shear = math.radians(transforms["rotation"]), math.radians(transforms["shear"])
+    zoom, shape = transforms["zoom"], (batch_size,)
+    return {
+        "angle": _uniform(shape, seeds[0], -rotation, rotation),
+        "shear": _uniform(shape, seeds[1], -shear, shear),
+        "scale": _uniform(shape, seeds[2], 1.0 - zoom, 1.0 + zoom),
+        "shift_x": _uniform(shape, seeds[3], -1.0, 1.0) * (transforms["width_shift"] * width),
+        "shift_y": _uniform(shape, seeds[4], -1.0, 1.0) * (transforms["height_shift"] * height),
+    }
+
+
+def affine_matrices(geometry: Mapping[str, Any], height: int, width: int):
+    """(batch, 8) output-to-input maps of x' = c + R(angle) Shear(shear) scale (x - c) + shift.
+
+    The forward map is inverted in closed form (its determinant is scale**2) because
+    the image op asks, for every output pixel, where to read in the input. In image
+    coordinates (y down) a positive angle turns the picture clockwise, a positive shift
+    moves it right / down, and scale > 1 magnifies it.
+    """
+    cos, sin = tf.cos(geometry["angle"]), tf.sin(geometry["angle"])
+    tan, scale = tf.tan(geometry["shear"]), geometry["scale"]
+    m00, m01 = (sin * tan + cos) / scale, (sin - cos * tan) / scale
+    m10, m11 = -sin / scale, cos / scale
+    center_x, center_y = (width - 1) / 2.0, (height - 1) / 2.0
+    moved_x, moved_y = center_x + geometry["shift_x"], center_y + geometry["shift_y"]
+    offset_x = center_x - m00 * moved_x - m01 * moved_y
+    offset_y = center_y - m10 * moved_x - m11 * moved_y
+    zeros = tf.zeros_like(cos)
+    return tf.stack([m00, m01, offset_x, m10, m11, offset_y, zeros, zeros], axis=1)
+
+
+def apply_geometry(images, geometry: Mapping[str, Any], fill_mode: str, low):
+    """Warp each image by its affine matrix, bilinear, pixels from outside filled per `fill_mode`."""
+    height, width = images.shape[1], images.shape[2]
+    # The op fills with one scalar; shifting to `low` = 0 makes "constant" mean black in every channel.
+    warped = keras.ops.image.affine_transform(
+        images - low, affine_matrices(geometry, height, width),
+        interpolation="bilinear", fill_mode=fill_mode, fill_value=0.0,
+    )
+    return tf.cast(warped, images.dtype) + low
+
+
+# --- flips -------------------------------------------------------------------------------------------
+def sample_flips(transforms: Mapping[str, Any], batch_size, seed) -> dict:
+    """Which images to mirror: each enabled flip with probability 0.5, independently."""
+    seeds = tf.random.split(seed, 2)
+    chosen = {}
+    for index, name in enumerate(("horizontal_flip", "vertical_flip")):
+        draw = _uniform((batch_size,), seeds[index], 0.0, 1.0) < 0.5
+        chosen[name] = tf.logical_and(draw, bool(transforms[name]))
+    return chosen
+
+
+def apply_flips(images, flips: Mapping[str, Any]):
+    for name, axis in (("horizontal_flip", 2), ("vertical_flip", 1)):
+        images = tf.where(flips[name][:, None, None, None], tf.reverse(images, axis=[axis]), images)
+    return images
+
+
+# --- brightness and contrast -------------------------------------------------------------------------
+def sample_intensity(transforms: Mapping[str, Any], batch_size, seed) -> dict:
+    """Per-image brightness delta (a fraction of the value range) and contrast factor."""
+    seeds = tf.random.split(seed, 2)
+    brightness, contrast, shape = transforms["brightness"], transforms["contrast"], (batch_size,)
+    return {
+        "brightness": _uniform(shape, seeds[0], -brightness, brightness),
+        "contrast": _uniform(shape, seeds[1], 1.0 - contrast, 1.0 + contrast),
+    }
+
+
+def apply_intensity(images, intensity: Mapping[str, Any], low, high):
+    """Add the brightness delta, then scale the deviation from each image's channel means."""
+    images = images + intensity["brightness"][:, None, None, None] * (high - low)
+    means = tf.reduce_mean(images, axis=[1, 2], keepdims=True)
+    images = (images - means) * intensity["contrast"][:, None, None, None] + means
+    return tf.clip_by_value(images, low, high)
+
+
+# --- random erasing (cutout) ------------------------------------------------------------------------
+def sample_erasing(probability: float, batch_size, height: int, width: int, seed) -> dict:
+    """Which images lose a rectangle, and its rows [top, bottom) and columns [left, right)."""
+    seeds = tf.random.split(seed, 5)
+    shape = (batch_size,)
+    area = _uniform(shape, seeds[0], *ERASING_AREA)
+    aspect = tf.exp(_uniform(shape, seeds[1], math.log(ERASING_ASPECT), -math.log(ERASING_ASPECT)))
+    rows = tf.clip_by_value(tf.round(tf.sqrt(area * aspect) * height), 1.0, float(height))
+    columns = tf.clip_by_value(tf.round(tf.sqrt(area / aspect) * width), 1.0, float(width))
+    top = tf.floor(_uniform(shape, seeds[2], 0.0, 1.0) * (height - rows + 1))
+    left = tf.floor(_uniform(shape, seeds[3], 0.0, 1.0) * (width - columns + 1))
+    return {
+        "erase": _uniform(shape, seeds[4], 0.0, 1.0) < probability,
+        "top": top, "bottom": top + rows, "left": left, "right": left + columns,
+    }
+
+
+def apply_erasing(images, erasing: Mapping[str, Any], low):
+    """Set each chosen image's rectangle to `low` (black)."""
+    height, width = images.shape[1], images.shape[2]
+    row = tf.range(height, dtype=tf.float32)[None, :, None, None]
+    column = tf.range(width, dtype=tf.float32)[None, None, :, None]
+
+    def expand(name):
+        return erasing[name][:, None, None, None]
+
+    inside = ((row >= expand("top")) & (row < expand("bottom"))
+              & (column >= expand("left")) & (column < expand("right")) & expand("erase"))
+    return tf.where(inside, tf.broadcast_to(low, tf.shape(images)), images)
+
+
+# --- the whole policy --------------------------------------------------------------------------------
+def build_augmenter(transforms: Mapping[str, Any], low, high) -> Callable:
+    """`augment(images, seed) -> images` for one batch: the same seed gives the same output.
+
+    `seed` is a shape-(2,) integer tensor. Transforms set to 0/false are left out of the
+    graph, so a policy of rotation only costs one warp.
+    """
+    low = tf.constant(low, tf.float32)
+    high = tf.constant(high, tf.float32)
+    geometric = any(transforms[name] for name in ("rotation", "shear", "zoom", "width_shift", "height_shift"))
+    flips = transforms["horizontal_flip"] or transforms["vertical_flip"]
+    intensity = transforms["brightness"] or transforms["contrast"]
+
+    def augment(images, seed):
+        images = tf.convert_to_tensor(images, tf.float32)
+        seeds = tf.random.split(tf.cast(seed, tf.int64), NUM_SEEDS)
+        batch_size, height, width = tf.shape(images)[0], images.shape[1], images.shape[2]
+        if geometric:
+            geometry = sample_geometry(transforms, batch_size, height, width, seeds[0])
+            images = apply_geometry(images, geometry, transforms["fill_mode"], low)
+        if flips:
+            images = apply_flips(images, sample_flips(transforms, batch_size, seeds[1]))
+        if intensity:
+            images = apply_intensity(images, sample_intensity(transforms, batch_size, seeds[2]), low, high)
+        if transforms["erasing"]:
+            erasing = sample_erasing(transforms["erasing"], batch_size, height, width, seeds[3])
+            images = apply_erasing(images, erasing, low)
+        # Interpolation rounding may step a hair outside the range; the model never sees that.
+        return tf.clip_by_value(images, low, high)
+
+    return augment
