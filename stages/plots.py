@@ -175,6 +175,7 @@ def experiments_overlay(
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
+    save_figure(figure, path, dpi)
 
 
 def augmentation_preview(
