@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from stages.config import OPTIMIZERS, ConfigError, parse_params
-from tests.training_data import write_prepared
+from tests.training_data import train_on_tiny_data, write_prepared
 
 pytestmark = pytest.mark.tf
 
@@ -25,15 +25,9 @@ SMALL_MODEL = {"conv_filters": [4], "dense_units": [8], "dense_dropout": 0.1}
 
 def run_training(folder: Path, model=None, train=None, seed=1, num_classes=3, shape=(8, 8, 1), strategy=None):
     """The train stage on a fresh tiny dataset in `folder`; returns (summary, state)."""
-    from stages.train import train as run
-
-    prepared = write_prepared(folder, num_classes=num_classes, shape=shape)
-    params = parse_params({"seed": seed, "model": {**SMALL_MODEL, **(model or {})},
-                           "train": {"epochs": 2, "batch_size": 16, **(train or {})}})
-    summary = run(params, prepared, folder / "augmented", folder / "model.keras", folder / "summary.json",
-                  folder / "live", folder / "checkpoints", strategy=strategy)
-    state = json.loads((folder / "checkpoints" / "state.json").read_text())
-    return summary, state
+    params = {"seed": seed, "model": {**SMALL_MODEL, **(model or {})},
+              "train": {"epochs": 2, "batch_size": 16, **(train or {})}}
+    return train_on_tiny_data(folder, params, num_classes=num_classes, shape=shape, strategy=strategy)
 
 
 def load(path: Path):

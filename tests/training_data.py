@@ -41,3 +41,15 @@ def write_prepared(folder: Path, num_classes: int = 3, shape=(8, 8, 1), scale: i
     (prepared / "meta.json").write_text(json.dumps(meta))
     augment(AugmentParams(), seed, prepared, folder / "augmented")
     return prepared
+
+
+def train_on_tiny_data(folder: Path, params: dict, num_classes: int = 3, shape=(8, 8, 1), scale: int = 8,
+                       strategy=None) -> tuple[dict, dict]:
+    """The train stage (in this process) on a fresh tiny dataset in `folder`; (summary, state)."""
+    from stages.config import parse_params
+    from stages.train import train
+
+    prepared = write_prepared(folder, num_classes=num_classes, shape=shape, scale=scale)
+    summary = train(parse_params(params), prepared, folder / "augmented", folder / "model.keras",
+                    folder / "summary.json", folder / "live", folder / "checkpoints", strategy=strategy)
+    return summary, json.loads((folder / "checkpoints" / "state.json").read_text())
