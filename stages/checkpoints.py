@@ -7,6 +7,7 @@ The checkpoint folder (models/checkpoints, a DVC out that persists between runs)
                             and the fingerprint of the params and data it belongs to
     epoch-NNNN.weights.h5   the weights and optimizer state after the last completed epoch
     best-NNNN.keras         the best epoch so far by the monitored metric (the final model)
+    live/                   DVCLive's logs so far (rebuilt from the history on resume)
 
 A crash between writing a file and state.json leaves state.json naming the previous,
 complete files; a re-run with other params or data (another fingerprint) starts over.

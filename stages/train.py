@@ -4,7 +4,8 @@ Writes:
     models/model.keras      the best epoch by `train.monitor` (replaced atomically at the end)
     models/summary.json     layer table, parameter counts, epochs run, best epoch, time, params
     reports/train/          DVCLive's per-epoch metrics (loss, accuracy, learning rate)
-    models/checkpoints/     the state a re-run resumes from (see stages/checkpoints.py)
+    models/checkpoints/     the state a re-run resumes from (see stages/checkpoints.py), and
+                            live/, the DVCLive logs of the epochs so far
 
 Transfer models with `train.fine_tune_epochs` train in two phases: the head with the base
 frozen, then (from the best head) the last `model.base_trainable_layers` base layers too,
@@ -34,6 +35,8 @@ from stages.runtime import (
 )
 
 TRAINING, FINE_TUNING = 0, 1
+# DVCLive logs here while training (watch it live); the stage copies it to reports/train at the end.
+LIVE_SCRATCH = "live"
 
 
 # --- input pipeline ---------------------------------------------------------------------------
@@ -123,12 +126,13 @@ def learning_rate_logger():
 
 
 def start_live(folder: Path, history: dict):
-    """DVCLive in `folder`, replaying the epochs a resumed run already did, and its Keras
-    callback (which must not end the run between the two phases)."""
+    """DVCLive writing to `folder` (emptied first), replaying the epochs a resumed run already
+    did, and its Keras callback (which must not end the run between the two phases)."""
     from dvclive import Live
     from dvclive.keras import DVCLiveCallback
     from dvclive.utils import standardize_metric_name
 
+    shutil.rmtree(folder, ignore_errors=True)
     live = Live(dir=str(folder), dvcyaml=False, save_dvc_exp=False)  # dvc.yaml declares the plots
     for epoch in range(len(history.get("loss", []))):
         for name, values in history.items():
@@ -165,13 +169,12 @@ def train(
     meta = read_json(prepared_dir / "meta.json", "prepared metadata")
     train_x, train_y = load_training_set(prepared_dir, augmented_dir)
     val_x, val_y = load_array(prepared_dir / "val_x.npy"), load_array(prepared_dir / "val_y.npy")
-    num_classes = meta["num_classes"]
+    num_classes, batch_size = meta["num_classes"], params.train.batch_size
     loss = choose_loss(params.train, num_classes)
     precision = resolve_precision(params.train.precision)
     strategy = strategy or distribution_strategy()
-
-    settings = {"seed": params.seed, "model": dataclasses.asdict(params.model),
-                "train": dataclasses.asdict(params.train), "precision": precision, "meta": meta,
+    settings = {"seed": params.seed, "model": dataclasses.asdict(params.model), "meta": meta,
+                "train": dataclasses.asdict(params.train), "precision": precision,
                 "replicas": strategy.num_replicas_in_sync,
                 "policy": read_json(Path(augmented_dir) / "policy.json", "augmentation policy")}
     key = fingerprint(settings, [train_x, train_y, val_x, val_y])
@@ -181,25 +184,33 @@ def train(
     state = state or TrainingState(key)
 
     seed_everything(params.seed)
-    steps_per_epoch = math.ceil(len(train_y) / params.train.batch_size)
+    steps_per_epoch = math.ceil(len(train_y) / batch_size)
     with dtype_policy(precision), strategy.scope():
         model = build_model(params.model, tuple(meta["image_shape"]), num_classes, meta.get("normalization"))
         compile_for_phase(model, params, state.phase, steps_per_epoch, loss)
         if state.checkpoint:
             restore(model, folder, state)
         read_train = batch_reader(train_x, train_y, loss, num_classes)
-        validation = evaluation_dataset(val_y, params.train.batch_size, batch_reader(val_x, val_y, loss, num_classes))
-        with atomic_dir(live_dir) as temp_live:
-            live, live_callback = start_live(temp_live, state.history)
-            run_phases(model, params, state, folder, steps_per_epoch, loss, live_callback,
-                       lambda epochs: training_dataset(train_x, train_y, params.train.batch_size,
-                                                       params.seed, epochs, read_train),
-                       validation)
-            live.end()
+        validation = evaluation_dataset(val_y, batch_size, batch_reader(val_x, val_y, loss, num_classes))
+        live, live_callback = start_live(folder / LIVE_SCRATCH, state.history)
+        run_phases(model, params, state, folder, steps_per_epoch, loss, live_callback,
+                   lambda epochs: training_dataset(train_x, train_y, batch_size, params.seed, epochs, read_train),
+                   validation)
+        live.end()
 
     with atomic_path(model_path) as temp_model:
         shutil.copyfile(folder / state.best_model, temp_model)
-    summary = {
+    with atomic_dir(live_dir) as temp_live:
+        shutil.copytree(folder / LIVE_SCRATCH, temp_live, dirs_exist_ok=True)
+    summary = training_summary(params, model, state, len(train_y), precision, resumed_from)
+    write_json(summary_path, summary)
+    return summary
+
+
+def training_summary(params: Params, model, state: TrainingState, train_images: int, precision: str,
+                     resumed_from: int) -> dict:
+    """What models/summary.json records (the report reads it, `layers` included)."""
+    return {
         "architecture": params.model.architecture,
         **parameter_totals(model),
         "epochs_run": state.epochs_done,
@@ -207,7 +218,7 @@ def train(
         "monitor": params.train.monitor,
         "best_value": state.best_value,
         "training_seconds": round(state.seconds, 1),
-        "train_images": int(len(train_y)),
+        "train_images": int(train_images),
         "precision": precision,
         "resumed_from_epoch": resumed_from,
         "layers": layer_table(model),
@@ -218,8 +229,6 @@ def train(
             "train": dataclasses.asdict(params.train),
         },
     }
-    write_json(summary_path, summary)
-    return summary
 
 
 def run_phases(model, params: Params, state: TrainingState, folder: Path, steps_per_epoch: int,

@@ -157,8 +157,9 @@ def test_summary_dvclive_logs_and_checkpoint_folder(tmp_path):
     for name in ("train/loss", "train/accuracy", "train/learning_rate", "eval/loss", "eval/accuracy"):
         rows = (plots / f"{name}.tsv").read_text().strip().splitlines()
         assert len(rows) == 1 + 3, name
-    names = {path.name for path in (tmp_path / "checkpoints").iterdir()}
+    names = {path.name for path in (tmp_path / "checkpoints").iterdir() if path.is_file()}
     assert names == {"state.json", "epoch-0003.weights.h5", f"best-{summary['best_epoch']:04d}.keras"}
+    assert not list(tmp_path.glob(".*.tmp*"))  # no temporary files left beside the outputs
 
 
 @pytest.mark.parametrize("precision", ["float32", "auto"])
@@ -220,6 +221,7 @@ def test_training_killed_mid_way_resumes_to_the_uninterrupted_result(tmp_path):
     process.wait()
     done = json.loads(state_path.read_text())["epochs_done"]
     assert 3 <= done < epochs and not (folders["killed"] / "summary.json").exists()
+    assert not list(folders["killed"].glob(".*.tmp*"))  # a kill leaves no half-written output
 
     resumed = cnnlab_train(folders["killed"])
     output, _ = resumed.communicate()
