@@ -29,6 +29,7 @@ SummaryOption = typer.Option(Path("models/summary.json"), help="Training summary
 MetricsOption = typer.Option(Path("reports/metrics.json"), help="Test metrics (JSON).")
 EvaluationOption = typer.Option(Path("reports/evaluation"), help="Folder of evaluation tables.")
 LiveOption = typer.Option(Path("reports/train"), help="DVCLive folder of per-epoch metrics.")
+CheckpointsOption = typer.Option(Path("models/checkpoints"), help="Training state to resume from.")
 
 
 def _params(path: str) -> Params:
@@ -79,14 +80,34 @@ def augment(params: str = ParamsOption, prepared: Path = PreparedOption,
 @app.command()
 def train(params: str = ParamsOption, prepared: Path = PreparedOption,
           augmented: Path = AugmentedOption, model: Path = ModelOption,
-          summary: Path = SummaryOption, live_dir: Path = LiveOption) -> None:
-    """Train the model, keep the best epoch, log per-epoch metrics with DVCLive."""
+          summary: Path = SummaryOption, live_dir: Path = LiveOption,
+          checkpoints: Path = CheckpointsOption) -> None:
+    """Train the model, keep the best epoch, log per-epoch metrics; resume after an interruption."""
     config = _params(params)  # validate before importing TensorFlow
     from stages.train import train as run
 
-    result = run(config, prepared, augmented, model, summary, live_dir)
-    typer.echo(f"best epoch {result['best_epoch']}/{result['epochs_run']}: "
+    try:
+        result = run(config, prepared, augmented, model, summary, live_dir, checkpoints)
+    except KeyboardInterrupt:
+        typer.echo("cnnlab: interrupted; run the same command again to resume from the last "
+                   "completed epoch", err=True)
+        sys.exit(130)
+    resumed = f" (resumed after epoch {result['resumed_from_epoch']})" if result["resumed_from_epoch"] else ""
+    typer.echo(f"best epoch {result['best_epoch']}/{result['epochs_run']}{resumed}: "
                f"{result['monitor']} {result['best_value']:.4f} -> {model}")
+
+
+@app.command(name="summary")
+def summary_command(params: str = ParamsOption, prepared: Path = PreparedOption,
+                    explain: bool = typer.Option(False, "--explain", help="Show how each output "
+                                                 "shape and parameter count follow from the formulas.")) -> None:
+    """The model's layer table for the current params (shapes from meta.json), without training."""
+    config = _params(params)
+    from rich.console import Console
+
+    from stages.summary import model_summary, summary_tables
+
+    Console().print(*summary_tables(model_summary(config, prepared), explain))
 
 
 @app.command()

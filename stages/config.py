@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -157,6 +156,55 @@ class Nullable(Constraint):
         return None if value is None else self.inner.convert(value)
 
 
+class PerBlock(Constraint):
+    """One value for every block (conv block, dense layer), or a list with one value per block
+    (its length is checked by the group's `check`); a list is stored as a tuple."""
+
+    def __init__(self, item: Constraint, block: str = "conv block"):
+        self.item, self.block = item, block
+
+    def describe(self) -> str:
+        return f"{self.item.describe()}, or a list of those with one per {self.block}"
+
+    def convert(self, value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            if not value:
+                raise ValueError
+            return tuple(self.item.convert(item) for item in value)
+        return self.item.convert(value)
+
+
+class BaseModel(Constraint):
+    """A Keras Applications name from `APPLICATIONS`, or the path of a saved `.keras` model."""
+
+    def describe(self) -> str:
+        return f"one of {', '.join(repr(name) for name in APPLICATIONS)}, or a path ending in .keras"
+
+    def convert(self, value: Any) -> Any:
+        if isinstance(value, str) and (value in APPLICATIONS or value.endswith(".keras")):
+            return value
+        raise ValueError
+
+
+class BaseWeights(Constraint):
+    """'imagenet', 'none' (random initialization), or the path of a Keras weights file."""
+
+    def describe(self) -> str:
+        return "'imagenet', 'none', or a path ending in .h5 (a Keras weights file)"
+
+    def convert(self, value: Any) -> Any:
+        if value is None:
+            return "none"
+        if isinstance(value, str) and (value in ("imagenet", "none") or value.endswith(".h5")):
+            return value
+        raise ValueError
+
+
+def per_block(value: Any, blocks: int) -> tuple:
+    """A PerBlock value as one entry per block."""
+    return tuple(value) if isinstance(value, tuple) else (value,) * blocks
+
+
 def param(default: Any, constraint: Constraint, help: str) -> Any:
     """Declare one params key: its default, what it accepts, and one line for the README."""
     return field(default=default, metadata={"constraint": constraint, "help": help})
@@ -174,8 +222,23 @@ def bad_value(key: str, expected: str, received: Any, source: str = DEFAULT_PARA
 COLOR_MODES = ("rgb", "grayscale")    # stages.images.COLOR_MODES maps them to Pillow modes
 NORMALIZATIONS = ("unit", "standardize")
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "folder")
-OPTIMIZERS = ("sgd", "rmsprop", "adam")
-ACTIVATIONS = ("relu", "elu", "selu", "tanh", "sigmoid")
+ARCHITECTURES = ("linear", "mlp", "cnn", "transfer")
+ACTIVATIONS = ("relu", "elu", "selu", "leaky_relu", "gelu", "tanh", "sigmoid")
+POOLINGS = ("max", "average", "none")
+PADDINGS = ("valid", "same")
+# Keras Applications offered as transfer bases: class name, input preprocessing, smallest input side.
+APPLICATIONS = {
+    "mobilenet_v2": ("MobileNetV2", "tf", 32),
+    "mobilenet_v3_small": ("MobileNetV3Small", "raw", 32),
+    "efficientnet_b0": ("EfficientNetB0", "raw", 32),
+    "resnet50_v2": ("ResNet50V2", "tf", 32),
+    "densenet121": ("DenseNet121", "torch", 32),
+}
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw", "nadam")
+SCHEDULES = ("constant", "exponential", "step", "cosine", "plateau")
+LOSSES = ("auto", "categorical", "sparse_categorical", "binary")
+MONITORS = ("val_accuracy", "val_loss", "accuracy", "loss")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 
 
 @dataclass(frozen=True)
@@ -304,35 +367,197 @@ class AugmentParams:
 
 @dataclass(frozen=True)
 class ModelParams:
-    architecture: str = param("cnn", OneOf("cnn"), "model family")
+    architecture: str = param(
+        "cnn", OneOf(*ARCHITECTURES),
+        "linear: the classification layer alone; mlp: hidden dense layers; cnn: conv blocks, "
+        "then dense layers; transfer: a pretrained base with a new head",
+    )
     conv_filters: tuple[int, ...] = param(
         (32, 64), ListOf(Interval(int, 1, 4096), min_length=1),
-        "filters of each conv block (Conv2D + pooling)",
+        "cnn: filters of each conv block (Conv2D, then optional BatchNormalization, pooling, dropout)",
     )
-    kernel_size: int = param(3, Interval(int, 1, 15), "side of the square conv kernels")
-    padding: str = param("same", OneOf("same", "valid"), "conv padding")
+    kernel_size: int | tuple[int, ...] = param(
+        3, PerBlock(Interval(int, 1, 15)), "cnn: side of the square conv kernels"
+    )
+    strides: int | tuple[int, ...] = param(1, PerBlock(Interval(int, 1, 8)), "cnn: conv strides")
+    padding: str | tuple[str, ...] = param(
+        "same", PerBlock(OneOf(*PADDINGS)), "cnn: conv padding (same keeps the size at stride 1)"
+    )
+    pooling: str | tuple[str, ...] = param(
+        "max", PerBlock(OneOf(*POOLINGS)), "cnn: pooling after each conv block"
+    )
+    pool_size: int | tuple[int, ...] = param(
+        2, PerBlock(Interval(int, 1, 8)), "cnn: pooling window side (also its stride)"
+    )
+    pool_padding: str | tuple[str, ...] = param(
+        "same", PerBlock(OneOf(*PADDINGS)), "cnn: pooling padding (same keeps odd-sized rows)"
+    )
+    global_pooling: bool = param(
+        False, Boolean(),
+        "cnn and transfer: GlobalAveragePooling2D instead of Flatten before the dense layers",
+    )
     dense_units: tuple[int, ...] = param(
-        (64,), ListOf(Interval(int, 1, 65536)), "units of the hidden dense layers"
+        (64,), ListOf(Interval(int, 1, 65536)),
+        "mlp, cnn, transfer: units of the hidden dense layers, before the classifier",
     )
-    activation: str = param("relu", OneOf(*ACTIVATIONS), "activation of hidden layers")
-    dropout_rate: float = param(
-        0.25, Interval(float, 0, 1, high_open=True), "dropout before the classifier (0 = none)"
+    activation: str = param("relu", OneOf(*ACTIVATIONS), "activation of the hidden layers")
+    batch_norm: bool = param(
+        False, Boolean(),
+        "BatchNormalization between each hidden conv/dense layer and its activation",
     )
+    conv_dropout: float | tuple[float, ...] = param(
+        0.0, PerBlock(Interval(float, 0, 1, high_open=True)),
+        "cnn: dropout rate at the end of each conv block (0 = none)",
+    )
+    dense_dropout: float | tuple[float, ...] = param(
+        0.25, PerBlock(Interval(float, 0, 1, high_open=True), "dense layer"),
+        "dropout rate after each hidden dense layer, or a list with one per layer (0 = none)",
+    )
+    l1: float = param(0.0, Interval(float, 0, 1), "L1 penalty on every conv/dense kernel (0 = none)")
+    l2: float = param(
+        0.0, Interval(float, 0, 1), "L2 penalty (Keras: l2 x sum of squared weights) on every kernel"
+    )
+    max_norm: float | None = param(
+        None, Nullable(Interval(float, 0, 100, low_open=True)),
+        "max-norm constraint on each unit's incoming weights (null = none)",
+    )
+    base_model: str | None = param(
+        None, Nullable(BaseModel()),
+        "transfer: a Keras Applications name or a saved .keras model (its last layer is dropped)",
+    )
+    base_weights: str = param(
+        "imagenet", BaseWeights(),
+        "transfer, applications only: imagenet (downloaded, or Keras's cache), a local .h5 "
+        "weights file, or none",
+    )
+    base_image_size: int | None = param(
+        None, Nullable(Interval(int, 32, 1024)),
+        "transfer, applications only: side images are resized to (null = the image side, at least 32)",
+    )
+    base_trainable_layers: int = param(
+        0, Interval(int, 0, 10000),
+        "transfer: how many of the base's last layers learn (0 = the whole base frozen)",
+    )
+
+    def check(self, source: str) -> None:
+        blocks = len(self.conv_filters)
+        for name in ("kernel_size", "strides", "padding", "pooling", "pool_size", "pool_padding",
+                     "conv_dropout"):
+            value = getattr(self, name)
+            if isinstance(value, tuple) and len(value) != blocks:
+                raise bad_value(
+                    f"model.{name}", f"one value, or a list of {blocks} (one per entry of "
+                    "model.conv_filters)", list(value), source,
+                )
+        dropout = self.dense_dropout
+        if isinstance(dropout, tuple) and len(dropout) != len(self.dense_units):
+            raise bad_value(
+                "model.dense_dropout", f"one value, or a list of {len(self.dense_units)} (one per "
+                "entry of model.dense_units)", list(dropout), source,
+            )
+        if self.architecture == "transfer" and self.base_model is None:
+            raise bad_value(
+                "model.base_model", "a Keras Applications name or a .keras path when "
+                "model.architecture is 'transfer'", None, source,
+            )
 
 
 @dataclass(frozen=True)
 class TrainParams:
-    optimizer: str = param("adam", OneOf(*OPTIMIZERS), "optimizer")
+    optimizer: str = param(
+        "adam", OneOf(*OPTIMIZERS),
+        "sgd, momentum (SGD + momentum), nesterov, rmsprop, adam, adamw (decoupled weight decay), nadam",
+    )
     learning_rate: float = param(
-        0.001, Interval(float, 0, 10, low_open=True), "initial learning rate"
+        0.001, Interval(float, 0, 10, low_open=True), "initial (or peak, after warm-up) learning rate"
+    )
+    momentum: float = param(
+        0.9, Interval(float, 0, 1, high_open=True), "momentum and nesterov: the momentum coefficient"
+    )
+    weight_decay: float = param(
+        0.004, Interval(float, 0, 1), "adamw: decoupled weight decay"
+    )
+    schedule: str = param(
+        "constant", OneOf(*SCHEDULES),
+        "learning-rate schedule: constant; exponential (x decay_rate every decay_epochs, smoothly); "
+        "step (the same in steps); cosine (to min_learning_rate at the last epoch); "
+        "plateau (x decay_rate when the monitor stalls for plateau_patience epochs)",
+    )
+    decay_rate: float = param(
+        0.5, Interval(float, 0, 1, low_open=True, high_open=True),
+        "exponential, step, plateau: factor the learning rate is multiplied by",
+    )
+    decay_epochs: int = param(10, Interval(int, 1, 10000), "exponential, step: epochs per decay")
+    warmup_epochs: int = param(
+        0, Interval(int, 0, 10000), "cosine: epochs of linear warm-up from 0 to learning_rate"
+    )
+    min_learning_rate: float = param(
+        0.0, Interval(float, 0, 10), "cosine: final learning rate; plateau: lowest learning rate"
+    )
+    plateau_patience: int = param(
+        2, Interval(int, 1, 10000), "plateau: epochs without improvement before decaying"
+    )
+    loss: str = param(
+        "auto", OneOf(*LOSSES),
+        "auto: categorical (one-hot labels) for 3+ classes, binary for 2; sparse_categorical: "
+        "integer labels; binary: one sigmoid unit, 2 classes only",
+    )
+    label_smoothing: float = param(
+        0.0, Interval(float, 0, 1, high_open=True), "categorical and binary: label smoothing"
+    )
+    clip_norm: float | None = param(
+        None, Nullable(Interval(float, 0, 1e6, low_open=True)),
+        "clip each gradient to this L2 norm (null = no clipping)",
+    )
+    clip_value: float | None = param(
+        None, Nullable(Interval(float, 0, 1e6, low_open=True)),
+        "clip each gradient element to [-clip_value, clip_value] (null = no clipping)",
     )
     batch_size: int = param(32, Interval(int, 1, 65536), "images per gradient step")
-    epochs: int = param(30, Interval(int, 1, 10000), "passes over the training set")
+    epochs: int = param(30, Interval(int, 1, 10000), "passes over the training set (at most)")
     monitor: str = param(
-        "val_accuracy", OneOf("val_accuracy", "val_loss"),
-        "metric that chooses the best epoch kept in models/model.keras",
+        "val_accuracy", OneOf(*MONITORS),
+        "metric that chooses the best epoch (kept in models/model.keras) and drives early stopping",
+    )
+    min_delta: float = param(
+        0.0, Interval(float, 0, 1e6), "smallest change of the monitor that counts as an improvement"
+    )
+    patience: int | None = param(
+        None, Nullable(Interval(int, 1, 10000)),
+        "early stopping: stop after this many epochs without improvement (null = never)",
+    )
+    fine_tune_epochs: int = param(
+        0, Interval(int, 0, 10000),
+        "transfer: after `epochs` with the base frozen, train this many more with the last "
+        "model.base_trainable_layers base layers unfrozen (0 = one phase)",
+    )
+    fine_tune_learning_rate: float = param(
+        1e-5, Interval(float, 0, 10, low_open=True), "transfer: constant learning rate of fine-tuning"
+    )
+    precision: str = param(
+        "auto", OneOf(*PRECISIONS),
+        "float32, or mixed precision (bfloat16/float16 compute, float32 weights); auto: "
+        "mixed_bfloat16 where the CPU or GPU computes bfloat16 natively, else float32",
     )
 
+    def check(self, source: str) -> None:
+        if self.warmup_epochs and self.schedule != "cosine":
+            raise bad_value("train.warmup_epochs", "0 unless train.schedule is 'cosine'",
+                            self.warmup_epochs, source)
+        if self.warmup_epochs >= self.epochs:
+            raise bad_value("train.warmup_epochs", f"less than train.epochs ({self.epochs})",
+                            self.warmup_epochs, source)
+        if self.min_learning_rate >= self.learning_rate:
+            raise bad_value("train.min_learning_rate",
+                            f"less than train.learning_rate ({self.learning_rate})",
+                            self.min_learning_rate, source)
+        if self.clip_norm is not None and self.clip_value is not None:
+            raise bad_value("train.clip_value", "null when train.clip_norm is set (clip one way)",
+                            self.clip_value, source)
+        if self.label_smoothing and self.loss == "sparse_categorical":
+            raise bad_value("train.label_smoothing",
+                            "0 with the sparse_categorical loss (use categorical to smooth)",
+                            self.label_smoothing, source)
 
 @dataclass(frozen=True)
 class EvaluateParams:
@@ -379,6 +604,16 @@ class Params:
     train: TrainParams = field(default_factory=TrainParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     report: ReportParams = field(default_factory=ReportParams)
+
+    def check(self, source: str) -> None:
+        if self.train.fine_tune_epochs and (
+            self.model.architecture != "transfer" or not self.model.base_trainable_layers
+        ):
+            raise bad_value(
+                "train.fine_tune_epochs", "0 unless model.architecture is 'transfer' and "
+                "model.base_trainable_layers > 0 (the layers to fine-tune)",
+                self.train.fine_tune_epochs, source,
+            )
 
 
 # --- parsing -----------------------------------------------------------------------------------
@@ -436,6 +671,12 @@ def load_params(path: str | Path = DEFAULT_PARAMS_PATH) -> Params:
     return parse_params(raw, str(path))
 
 
+def yaml_value(value: Any) -> str:
+    """One value as flow-style YAML that reads back as the same value (JSON would write
+    1e-05, which YAML 1.1 reads as a string)."""
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("\n...").strip()
+
+
 def describe_params() -> list[tuple[str, str, str, str]]:
     """(key, default, allowed, help) for every key: the README's params table."""
     rows = []
@@ -446,7 +687,7 @@ def describe_params() -> list[tuple[str, str, str, str]]:
                 walk(spec.default_factory, f"{spec.name}.")
                 continue
             default = spec.default
-            shown = json.dumps(list(default) if isinstance(default, tuple) else default)
+            shown = yaml_value(list(default) if isinstance(default, tuple) else default)
             rows.append(
                 (prefix + spec.name, shown, spec.metadata["constraint"].describe(), spec.metadata["help"])
             )

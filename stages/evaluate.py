@@ -136,6 +136,8 @@ def load_model(model_path: str | Path):
 
 def predict_probabilities(model, images: np.ndarray, batch_size: int) -> np.ndarray:
     probabilities = np.asarray(model.predict(images, batch_size=batch_size, verbose=0), dtype=np.float64)
+    if probabilities.shape[1] == 1:  # a binary model's single sigmoid unit: P(class 1)
+        probabilities = np.hstack([1.0 - probabilities, probabilities])
     # float32 softmax rows sum to 1 only up to rounding; log_loss wants exact probabilities.
     return probabilities / probabilities.sum(axis=1, keepdims=True)
 

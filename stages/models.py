@@ -1,26 +1,154 @@
-"""Architectures built from the `model` params (Keras functional API)."""
+"""Architectures built from the `model` params (Keras functional API), and their layer table.
+
+    linear    Flatten -> classifier                      (the course's "single layer")
+    mlp       Flatten -> Dense blocks -> classifier
+    cnn       conv blocks -> Flatten or global average pooling -> Dense blocks -> classifier
+    transfer  input adapter -> pretrained base -> pooling -> Dense blocks -> classifier
+
+A conv block is Conv2D [-> BatchNormalization -> Activation] [-> pooling] [-> Dropout]; a
+dense block is Dense [-> BatchNormalization -> Activation] [-> Dropout]. Input shape and
+class count come from data/prepared/meta.json; the classifier is a softmax over the
+classes, or a single sigmoid unit when there are two.
+"""
 
 from __future__ import annotations
 
-from stages.config import ModelParams
+import math
+from collections.abc import Mapping
+
+from stages.config import ModelParams, per_block
 
 
-def build_model(params: ModelParams, input_shape: tuple[int, ...], num_classes: int):
-    """Conv blocks (Conv2D + max pooling), then dense layers, then a softmax classifier."""
+def build_model(params: ModelParams, input_shape: tuple[int, ...], num_classes: int,
+                normalization: Mapping | None = None):
+    """The Keras model for `params`; `normalization` (meta.json's) is needed by transfer bases."""
     import keras
+
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    if params.architecture == "transfer":
+        from stages.transfer import transfer_features
+
+        x = flatten(transfer_features(params, inputs, normalization), params.global_pooling)
+    elif params.architecture == "cnn":
+        x = inputs
+        for index in range(len(params.conv_filters)):
+            x = conv_block(params, index, x)
+        x = flatten(x, params.global_pooling)
+    else:
+        x = flatten(inputs, global_pooling=False)
+    if params.architecture != "linear":
+        dropout = per_block(params.dense_dropout, len(params.dense_units))
+        for index, units in enumerate(params.dense_units):
+            x = dense_block(params, index, units, dropout[index], x)
+    outputs = classifier(params, num_classes, x)
+    return keras.Model(inputs, outputs, name=params.architecture)
+
+
+def weight_options(params: ModelParams) -> dict:
+    """kernel_regularizer (L1/L2) and kernel_constraint (max-norm) shared by conv and dense layers."""
+    import keras
+
+    options = {}
+    if params.l1 or params.l2:
+        options["kernel_regularizer"] = keras.regularizers.L1L2(l1=params.l1, l2=params.l2)
+    if params.max_norm is not None:
+        options["kernel_constraint"] = keras.constraints.MaxNorm(params.max_norm)
+    return options
+
+
+def normalized_activation(params: ModelParams, name: str, x):
+    """BatchNormalization then the activation (the layer before it was built without one)."""
     from keras import layers
 
-    inputs = keras.Input(shape=input_shape, name="image")
-    x = inputs
-    for filters in params.conv_filters:
-        x = layers.Conv2D(filters, params.kernel_size, padding=params.padding,
-                          activation=params.activation)(x)
-        # "same" pooling keeps odd-sized maps (e.g. 7x7 -> 4x4) instead of dropping a row.
-        x = layers.MaxPooling2D(pool_size=2, padding="same")(x)
-    x = layers.Flatten()(x)
-    for units in params.dense_units:
-        x = layers.Dense(units, activation=params.activation)(x)
-    if params.dropout_rate > 0:
-        x = layers.Dropout(params.dropout_rate)(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="classifier")(x)
-    return keras.Model(inputs, outputs, name=params.architecture)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.Activation(params.activation, name=f"{name}_act")(x)
+
+
+def conv_block(params: ModelParams, index: int, x):
+    """Conv2D [+ BatchNormalization + Activation] [+ pooling] [+ Dropout] for block `index`."""
+    from keras import layers
+
+    blocks = len(params.conv_filters)
+    setting = {name: per_block(getattr(params, name), blocks)[index] for name in (
+        "kernel_size", "strides", "padding", "pooling", "pool_size", "pool_padding", "conv_dropout")}
+    name = f"conv{index + 1}"
+    x = layers.Conv2D(
+        params.conv_filters[index], setting["kernel_size"], strides=setting["strides"],
+        padding=setting["padding"], activation=None if params.batch_norm else params.activation,
+        name=name, **weight_options(params),
+    )(x)
+    if params.batch_norm:
+        x = normalized_activation(params, name, x)
+    if setting["pooling"] != "none":
+        pool = layers.MaxPooling2D if setting["pooling"] == "max" else layers.AveragePooling2D
+        x = pool(setting["pool_size"], padding=setting["pool_padding"], name=f"pool{index + 1}")(x)
+    if setting["conv_dropout"]:
+        x = layers.Dropout(setting["conv_dropout"], name=f"{name}_dropout")(x)
+    return x
+
+
+def flatten(x, global_pooling: bool):
+    """Feature maps -> a vector: Flatten, or the mean of each map (GlobalAveragePooling2D)."""
+    from keras import layers
+
+    if len(x.shape) <= 2:
+        return x
+    if global_pooling and len(x.shape) == 4:
+        return layers.GlobalAveragePooling2D(name="global_pool")(x)
+    return layers.Flatten(name="flatten")(x)
+
+
+def dense_block(params: ModelParams, index: int, units: int, dropout_rate: float, x):
+    from keras import layers
+
+    name = f"dense{index + 1}"
+    x = layers.Dense(units, activation=None if params.batch_norm else params.activation,
+                     name=name, **weight_options(params))(x)
+    if params.batch_norm:
+        x = normalized_activation(params, name, x)
+    if dropout_rate:
+        x = layers.Dropout(dropout_rate, name=f"{name}_dropout")(x)
+    return x
+
+
+def classifier(params: ModelParams, num_classes: int, x):
+    """Softmax over the classes; one sigmoid unit (probability of class 1) for two classes.
+
+    float32 even under mixed precision, so that probabilities and the loss keep full precision.
+    """
+    from keras import layers
+
+    binary = num_classes == 2
+    return layers.Dense(1 if binary else num_classes, activation="sigmoid" if binary else "softmax",
+                        dtype="float32", name="classifier", **weight_options(params))(x)
+
+
+def count_params(weights) -> int:
+    return int(sum(math.prod(weight.shape) for weight in weights))
+
+
+def layer_table(model) -> list[dict]:
+    """One row per layer (input layers left out, as in the course's summaries): name, type,
+    output shape (batch dimension first, None), parameters, and whether it trains."""
+    import keras
+
+    rows = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        rows.append({
+            "name": layer.name,
+            "type": type(layer).__name__,
+            "output_shape": list(layer.output.shape),
+            "params": int(layer.count_params()),
+            "trainable": bool(layer.trainable),
+        })
+    return rows
+
+
+def parameter_totals(model) -> dict:
+    """Total, trainable and non-trainable parameter counts, as Keras's summary reports them."""
+    trainable = count_params(model.trainable_weights)
+    non_trainable = count_params(model.non_trainable_weights)
+    return {"total_params": trainable + non_trainable, "trainable_params": trainable,
+            "non_trainable_params": non_trainable}

@@ -31,3 +31,34 @@ def seed_everything(seed: int) -> None:
 def keras_verbosity() -> int:
     """A progress bar on a terminal, one line per epoch in CI logs and under dvc."""
     return 1 if sys.stdout.isatty() else 2
+
+
+def cpu_computes_bfloat16() -> bool:
+    """True on x86 CPUs with native bfloat16 arithmetic (AVX512-BF16 or AMX), which oneDNN uses."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            flags = next((line for line in handle if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str) -> str:
+    """`train.precision: auto` -> mixed_bfloat16 where the hardware computes bfloat16 natively
+    (NVIDIA compute capability 8+, or such a CPU), mixed_float16 on older NVIDIA GPUs, else float32."""
+    if precision != "auto":
+        return precision
+    tf = import_tensorflow()
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability", (0, 0))
+        return "mixed_bfloat16" if capability >= (8, 0) else "mixed_float16" if capability >= (7, 0) else "float32"
+    return "mixed_bfloat16" if cpu_computes_bfloat16() else "float32"
+
+
+def distribution_strategy():
+    """MirroredStrategy over all GPUs when there are several, else the default (one device)."""
+    tf = import_tensorflow()
+    if len(tf.config.list_logical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()

@@ -8,7 +8,6 @@ key, so it can never list a key cnnlab does not accept.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -19,7 +18,7 @@ from string import Template
 
 import yaml
 
-from stages.config import describe_params, parse_params
+from stages.config import describe_params, parse_params, yaml_value
 from stages.errors import CnnlabError, DataError
 from stages.io import atomic_dir
 
@@ -50,7 +49,7 @@ def params_text(overrides: dict[str, object]) -> str:
             lines += [f"{'  ' * depth}{groups[depth]}:" for depth in range(shared, len(groups))]
             previous = groups
         indent = "  " * len(groups)
-        value = json.dumps(overrides[key]) if key in overrides else default  # JSON is valid YAML
+        value = yaml_value(overrides[key]) if key in overrides else default
         lines += [f"{indent}# {help_text}; {allowed}", f"{indent}{name}: {value}"]
     return "\n".join(lines) + "\n"
 

@@ -1,105 +1,229 @@
-"""train: fit the model on the training set, keep the best epoch, log every epoch with DVCLive.
+"""train: fit the model, keep the best epoch, log every epoch with DVCLive, resume after a stop.
 
 Writes:
-    models/model.keras    the best epoch by `train.monitor` (replaced atomically at the end)
-    models/summary.json   parameter counts, epochs run, best epoch, time, the params used
-    reports/train/        DVCLive's per-epoch metrics (metrics.json, plots/metrics/*.tsv)
+    models/model.keras      the best epoch by `train.monitor` (replaced atomically at the end)
+    models/summary.json     layer table, parameter counts, epochs run, best epoch, time, params
+    reports/train/          DVCLive's per-epoch metrics (loss, accuracy, learning rate)
+    models/checkpoints/     the state a re-run resumes from (see stages/checkpoints.py), and
+                            live/, the DVCLive logs of the epochs so far
+
+Transfer models with `train.fine_tune_epochs` train in two phases: the head with the base
+frozen, then (from the best head) the last `model.base_trainable_layers` base layers too,
+at `train.fine_tune_learning_rate`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import time
+import math
+import shutil
 from pathlib import Path
 
+import numpy as np
+
 from stages.augment import load_training_set, online_augmentation
-from stages.config import Params, TrainParams
+from stages.checkpoints import TrainingState, fingerprint, load_state, make_checkpointer, restore
+from stages.config import Params
 from stages.io import atomic_dir, atomic_path, load_array, read_json, write_json
-from stages.models import build_model
-from stages.runtime import import_tensorflow, keras_verbosity, seed_everything
+from stages.models import build_model, layer_table, parameter_totals
+from stages.optimization import (
+    LossChoice, choose_loss, make_accuracy, make_loss, make_optimizer, make_schedule, plateau_callback,
+)
+from stages.runtime import (
+    distribution_strategy, import_tensorflow, keras_verbosity, resolve_precision, seed_everything,
+)
+
+TRAINING, FINE_TUNING = 0, 1
+# DVCLive logs here while training (watch it live); the stage copies it to reports/train at the end.
+LIVE_SCRATCH = "live"
 
 
-def make_optimizer(params: TrainParams):
-    import keras
-
-    optimizers = {
-        "sgd": keras.optimizers.SGD,
-        "rmsprop": keras.optimizers.RMSprop,
-        "adam": keras.optimizers.Adam,
-    }
-    return optimizers[params.optimizer](learning_rate=params.learning_rate)
-
-
-def make_dataset(images, labels, batch_size: int, shuffle_seed: int | None = None, augmentation=None):
-    """A tf.data pipeline over the (memory-mapped) arrays, shuffled each epoch when training.
-
-    `augmentation` (online mode, training set only) maps the batches to freshly augmented ones.
-    """
+# --- input pipeline ---------------------------------------------------------------------------
+def batch_reader(images: np.ndarray, labels: np.ndarray, loss: LossChoice, num_classes: int):
+    """A tf.data map from a batch of row indices to (images, labels) read from the memory-mapped
+    arrays: float32 straight from disk (no per-batch conversion), labels as the loss wants them."""
     tf = import_tensorflow()
-    dataset = tf.data.Dataset.from_tensor_slices((images, labels))
-    if shuffle_seed is not None:
-        dataset = dataset.shuffle(len(labels), seed=shuffle_seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size)
-    if augmentation is not None:
+    one_hot = np.eye(num_classes, dtype=np.float32)
+
+    def read(indices: np.ndarray):
+        rows = np.sort(indices)  # ascending rows: sequential reads from the memory map
+        batch_labels = np.asarray(labels[rows])
+        if loss.label_format == "one_hot":
+            batch_labels = one_hot[batch_labels]
+        elif loss.label_format == "binary":
+            batch_labels = batch_labels.astype(np.float32)[:, np.newaxis]
+        return np.asarray(images[rows], dtype=np.float32), batch_labels
+
+    label_type = tf.int64 if loss.label_format == "integer" else tf.float32
+    label_shape = {"one_hot": [None, num_classes], "integer": [None], "binary": [None, 1]}[loss.label_format]
+
+    def read_batch(indices):
+        batch_images, batch_labels = tf.numpy_function(read, [indices], (tf.float32, label_type), stateful=False)
+        batch_images.set_shape([None, *images.shape[1:]])
+        batch_labels.set_shape(label_shape)
+        return batch_images, batch_labels
+
+    return read_batch
+
+
+def training_dataset(images, labels, batch_size: int, seed: int, epochs: range, read_batch,
+                     augmentation=None):
+    """The training pipeline, the one place it is built: for each epoch in `epochs`, a shuffle
+    drawn from (seed, epoch) alone, so that a resumed run sees exactly the batches an
+    uninterrupted run would, then batches read from the arrays and prefetched."""
+    tf = import_tensorflow()
+    count = len(labels)
+
+    def epoch_batches(epoch):
+        keys = tf.random.stateless_uniform([count], seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+        return tf.data.Dataset.from_tensor_slices(tf.argsort(keys)).batch(batch_size)
+
+    indices = tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(epoch_batches)
+    dataset = indices.map(read_batch, num_parallel_calls=tf.data.AUTOTUNE)
+    if augmentation is not None:  # online augmentation: a map over (images, labels) batches
         dataset = augmentation(dataset)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def best_epoch(history: dict[str, list[float]], monitor: str) -> int:
-    """1-based epoch with the best monitored value (first one on ties, as ModelCheckpoint keeps)."""
-    values = history[monitor]
-    best = max(values) if monitor.endswith("accuracy") else min(values)
-    return values.index(best) + 1
+def evaluation_dataset(labels, batch_size: int, read_batch):
+    """Consecutive batches of a held-out set, in order."""
+    tf = import_tensorflow()
+    count = len(labels)
+    starts = tf.data.Dataset.range(0, count, batch_size)
+    indices = starts.map(lambda start: tf.range(start, tf.minimum(start + batch_size, count)))
+    return indices.map(read_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def train(
-    params: Params, prepared_dir: str | Path, augmented_dir: str | Path,
-    model_path: str | Path, summary_path: str | Path, live_dir: str | Path,
-) -> dict:
-    """Run the stage; return the summary written to summary.json."""
+# --- model, phases, callbacks -------------------------------------------------------------------
+def compile_for_phase(model, params: Params, phase: int, steps_per_epoch: int, loss: LossChoice) -> None:
+    """Which layers learn and at what rate: the whole model with the schedule, except that a
+    transfer base is frozen while its head trains first, then fine-tuned at a constant rate."""
+    train = params.train
+    if params.model.architecture == "transfer":
+        from stages.transfer import find_base, set_base_trainable_layers
+
+        frozen_first = phase == TRAINING and train.fine_tune_epochs > 0
+        set_base_trainable_layers(find_base(model), 0 if frozen_first else params.model.base_trainable_layers)
+    rate = make_schedule(train, steps_per_epoch) if phase == TRAINING else train.fine_tune_learning_rate
+    model.compile(optimizer=make_optimizer(train, rate), loss=make_loss(loss, train),
+                  metrics=[make_accuracy(loss)])
+    model.optimizer.build(model.trainable_variables)  # so that a checkpoint can restore its state
+
+
+def learning_rate_logger():
+    """Adds the learning rate used during each epoch to the epoch's logs (and so to DVCLive)."""
     import keras
+
+    class LearningRateLogger(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs["learning_rate"] = self.rate
+
+    return LearningRateLogger()
+
+
+def start_live(folder: Path, history: dict):
+    """DVCLive writing to `folder` (emptied first), replaying the epochs a resumed run already
+    did, and its Keras callback (which must not end the run between the two phases)."""
     from dvclive import Live
     from dvclive.keras import DVCLiveCallback
+    from dvclive.utils import standardize_metric_name
 
-    meta = read_json(Path(prepared_dir) / "meta.json", "prepared metadata")
+    shutil.rmtree(folder, ignore_errors=True)
+    live = Live(dir=str(folder), dvcyaml=False, save_dvc_exp=False)  # dvc.yaml declares the plots
+    for epoch in range(len(history.get("loss", []))):
+        for name, values in history.items():
+            live.log_metric(standardize_metric_name(name, "dvclive.keras"), values[epoch])
+        live.next_step()
+
+    class EpochLogger(DVCLiveCallback):
+        def on_train_end(self, logs=None):
+            pass  # live.end() once, after the last phase
+
+    return live, EpochLogger(live=live)
+
+
+@contextlib.contextmanager
+def dtype_policy(precision: str):
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+# --- the stage ------------------------------------------------------------------------------------
+def train(
+    params: Params, prepared_dir: str | Path, augmented_dir: str | Path, model_path: str | Path,
+    summary_path: str | Path, live_dir: str | Path, checkpoint_dir: str | Path, strategy=None,
+) -> dict:
+    """Run the stage (resuming from `checkpoint_dir` when it holds this run's state); return
+    the summary written to summary.json. `strategy` defaults to `distribution_strategy()`."""
+    prepared_dir, folder = Path(prepared_dir), Path(checkpoint_dir)
+    meta = read_json(prepared_dir / "meta.json", "prepared metadata")
     train_x, train_y = load_training_set(prepared_dir, augmented_dir)
-    val_x, val_y = load_array(Path(prepared_dir) / "val_x.npy"), load_array(Path(prepared_dir) / "val_y.npy")
+    val_x, val_y = load_array(prepared_dir / "val_x.npy"), load_array(prepared_dir / "val_y.npy")
+    num_classes, batch_size = meta["num_classes"], params.train.batch_size
+    loss = choose_loss(params.train, num_classes)
+    precision = resolve_precision(params.train.precision)
+    strategy = strategy or distribution_strategy()
+    settings = {"seed": params.seed, "model": dataclasses.asdict(params.model), "meta": meta,
+                "train": dataclasses.asdict(params.train), "precision": precision,
+                "replicas": strategy.num_replicas_in_sync,
+                "policy": read_json(Path(augmented_dir) / "policy.json", "augmentation policy")}
+    key = fingerprint(settings, [train_x, train_y, val_x, val_y])
+    folder.mkdir(parents=True, exist_ok=True)
+    state = load_state(folder, key)
+    resumed_from = state.epochs_done if state else 0
+    state = state or TrainingState(key)
 
     seed_everything(params.seed)
-    model = build_model(params.model, tuple(meta["image_shape"]), meta["num_classes"])
-    model.compile(optimizer=make_optimizer(params.train), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
-    monitor = params.train.monitor
-    mode = "max" if monitor.endswith("accuracy") else "min"
+    steps_per_epoch = math.ceil(len(train_y) / batch_size)
+    with dtype_policy(precision), strategy.scope():
+        model = build_model(params.model, tuple(meta["image_shape"]), num_classes, meta.get("normalization"))
+        compile_for_phase(model, params, state.phase, steps_per_epoch, loss)
+        if state.checkpoint:
+            restore(model, folder, state)
+        read_train = batch_reader(train_x, train_y, loss, num_classes)
+        validation = evaluation_dataset(val_y, batch_size, batch_reader(val_x, val_y, loss, num_classes))
+        live, live_callback = start_live(folder / LIVE_SCRATCH, state.history)
+        augmentation = online_augmentation(augmented_dir)
+        run_phases(model, params, state, folder, steps_per_epoch, loss, live_callback,
+                   lambda epochs: training_dataset(train_x, train_y, batch_size, params.seed, epochs,
+                                                   read_train, augmentation),
+                   validation)
+        live.end()
 
-    started = time.perf_counter()
-    with atomic_path(model_path) as temp_model, atomic_dir(live_dir) as temp_live:
-        # DVCLive must not edit dvc.yaml (it declares the metrics and plots itself).
-        live = Live(dir=str(temp_live), dvcyaml=False, save_dvc_exp=False)
-        callbacks = [
-            keras.callbacks.ModelCheckpoint(temp_model, monitor=monitor, mode=mode, save_best_only=True),
-            DVCLiveCallback(live=live),
-        ]
-        history = model.fit(
-            make_dataset(train_x, train_y, params.train.batch_size, shuffle_seed=params.seed,
-                         augmentation=online_augmentation(augmented_dir)),
-            validation_data=make_dataset(val_x, val_y, params.train.batch_size),
-            epochs=params.train.epochs, callbacks=callbacks, verbose=keras_verbosity(),
-            shuffle=False,  # the tf.data pipeline already reshuffles every epoch
-        ).history
-    seconds = time.perf_counter() - started
+    with atomic_path(model_path) as temp_model:
+        shutil.copyfile(folder / state.best_model, temp_model)
+    with atomic_dir(live_dir) as temp_live:
+        shutil.copytree(folder / LIVE_SCRATCH, temp_live, dirs_exist_ok=True)
+    summary = training_summary(params, model, state, len(train_y), precision, resumed_from)
+    write_json(summary_path, summary)
+    return summary
 
-    epoch = best_epoch(history, monitor)
-    summary = {
+
+def training_summary(params: Params, model, state: TrainingState, train_images: int, precision: str,
+                     resumed_from: int) -> dict:
+    """What models/summary.json records (the report reads it, `layers` included)."""
+    return {
         "architecture": params.model.architecture,
-        "total_params": int(model.count_params()),
-        "trainable_params": int(sum(keras.ops.size(w) for w in model.trainable_weights)),
-        "epochs_run": len(history["loss"]),
-        "best_epoch": epoch,
-        "monitor": monitor,
-        "best_value": float(history[monitor][epoch - 1]),
-        "training_seconds": round(seconds, 1),
-        "train_images": int(len(train_y)),
+        **parameter_totals(model),
+        "epochs_run": state.epochs_done,
+        "best_epoch": state.best_epoch,
+        "monitor": params.train.monitor,
+        "best_value": state.best_value,
+        "training_seconds": round(state.seconds, 1),
+        "train_images": int(train_images),
+        "precision": precision,
+        "resumed_from_epoch": resumed_from,
+        "layers": layer_table(model),
         "params": {
             "seed": params.seed,
             "augment": dataclasses.asdict(params.augment),
@@ -107,5 +231,30 @@ def train(
             "train": dataclasses.asdict(params.train),
         },
     }
-    write_json(summary_path, summary)
-    return summary
+
+
+def run_phases(model, params: Params, state: TrainingState, folder: Path, steps_per_epoch: int,
+               loss: LossChoice, live_callback, make_training_set, validation) -> None:
+    """Fit the remaining epochs of the current phase, then of fine-tuning if there is one."""
+    train = params.train
+    last_phase = FINE_TUNING if train.fine_tune_epochs else TRAINING
+    while True:
+        if not state.phase_finished:
+            last_epoch = train.epochs if state.phase == TRAINING else state.phase_start + train.fine_tune_epochs
+            plateau = plateau_callback(train, state.plateau) if state.phase == TRAINING else None
+            checkpointer = make_checkpointer(folder, state, train.monitor, train.min_delta, train.patience,
+                                             last_epoch, plateau)
+            callbacks = [learning_rate_logger(), *([plateau] if plateau else []), checkpointer, live_callback]
+            model.fit(
+                make_training_set(range(state.epochs_done, last_epoch)), validation_data=validation,
+                initial_epoch=state.epochs_done, epochs=last_epoch, steps_per_epoch=steps_per_epoch,
+                callbacks=callbacks, verbose=keras_verbosity(),
+                shuffle=False,  # the pipeline shuffles, per epoch, from the seed
+            )
+        if state.phase == last_phase:
+            return
+        # Fine-tune from the best head, with fresh counters (committed with its first epoch).
+        model.load_weights(folder / state.best_model)
+        state.phase, state.phase_start, state.phase_finished = FINE_TUNING, state.epochs_done, False
+        state.wait, state.plateau = 0, None
+        compile_for_phase(model, params, FINE_TUNING, steps_per_epoch, loss)

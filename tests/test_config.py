@@ -22,7 +22,7 @@ def test_empty_params_take_every_default():
 @pytest.mark.parametrize(
     ("raw", "fragments"),
     [
-        ({"train": {"optimizer": "adamm"}}, ["'train.optimizer'", "one of 'sgd', 'rmsprop', 'adam'", "'adamm'"]),
+        ({"train": {"optimizer": "adamm"}}, ["'train.optimizer'", "one of 'sgd', 'momentum', 'nesterov', 'rmsprop', 'adam', 'adamw', 'nadam'", "'adamm'"]),
         ({"train": {"epochs": -1}}, ["'train.epochs'", "an integer in [1, 10000]", "-1"]),
         ({"train": {"epochs": 2.5}}, ["'train.epochs'", "an integer", "2.5"]),
         ({"train": {"batch_size": True}}, ["'train.batch_size'", "True"]),

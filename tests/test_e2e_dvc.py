@@ -59,6 +59,6 @@ def test_bad_param_fails_the_stage_and_keeps_the_previous_model(dvc_project):
     params.write_text(params.read_text().replace("optimizer: adam", "optimizer: adamm"))
     result = run("dvc", "repro", check=False)
     assert result.returncode != 0
-    assert "'train.optimizer' must be one of 'sgd', 'rmsprop', 'adam', got 'adamm'" in result.stderr + result.stdout
+    assert "'train.optimizer' must be one of 'sgd', 'momentum', 'nesterov', 'rmsprop', 'adam', 'adamw', 'nadam', got 'adamm'" in result.stderr + result.stdout
     assert model.read_bytes() == before
     assert (run.path / "reports" / "report.md").is_file()

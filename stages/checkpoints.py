@@ -1,0 +1,142 @@
+"""Resumable training: after every epoch, everything needed to continue exactly as if
+training had never stopped, committed by one atomic write of state.json.
+
+The checkpoint folder (models/checkpoints, a DVC out that persists between runs) holds:
+    state.json              epochs done, per-epoch history, best epoch, early-stopping and
+                            reduce-on-plateau counters, random-seed states, file names below,
+                            and the fingerprint of the params and data it belongs to
+    epoch-NNNN.weights.h5   the weights and optimizer state after the last completed epoch
+    best-NNNN.keras         the best epoch so far by the monitored metric (the final model)
+    live/                   DVCLive's logs so far (rebuilt from the history on resume)
+
+A crash between writing a file and state.json leaves state.json naming the previous,
+complete files; a re-run with other params or data (another fingerprint) starts over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from stages.io import read_json, write_json
+
+STATE_FILE = "state.json"
+
+
+@dataclass
+class TrainingState:
+    fingerprint: str
+    epochs_done: int = 0
+    phase: int = 0                   # 0: training; 1: fine-tuning (transfer)
+    phase_start: int = 0             # epochs done when the phase began
+    phase_finished: bool = False     # the phase ran all its epochs or stopped early
+    best_epoch: int = 0
+    best_value: float | None = None
+    wait: int = 0                    # epochs since the last improvement (early stopping)
+    plateau: dict | None = None      # ReduceLROnPlateau's counters
+    seed_states: list = field(default_factory=list)
+    history: dict = field(default_factory=dict)
+    seconds: float = 0.0             # training time over all runs
+    checkpoint: str | None = None
+    best_model: str | None = None
+
+
+def fingerprint(settings: dict, arrays: list[np.ndarray]) -> str:
+    """Hash of the settings that shape training and of the data (read chunk by chunk, so
+    memory-mapped arrays are never loaded whole)."""
+    digest = hashlib.blake2b(json.dumps(settings, sort_keys=True, default=list).encode(), digest_size=16)
+    for array in arrays:
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        flat = array.reshape(len(array), -1) if array.ndim else array.reshape(1)
+        for start in range(0, len(flat), 4096):
+            digest.update(np.ascontiguousarray(flat[start:start + 4096]).data)
+    return digest.hexdigest()
+
+
+def load_state(folder: Path, expected_fingerprint: str) -> TrainingState | None:
+    """The saved state if it belongs to this run's params and data and its files are there."""
+    path = folder / STATE_FILE
+    if not path.is_file():
+        return None
+    try:
+        state = TrainingState(**read_json(path, "training checkpoint"))
+    except (TypeError, ValueError, OSError):
+        return None  # an older or damaged state: start over rather than guess
+    if state.fingerprint != expected_fingerprint:
+        return None
+    needed = [state.checkpoint, state.best_model]
+    if any(name is None or not (folder / name).is_file() for name in needed):
+        return None
+    return state
+
+
+def seed_variables(model) -> list:
+    """The random-seed states of layers such as Dropout: part of `model.variables` but not of
+    its weights, so weights files leave them out."""
+    weights = {id(weight) for weight in model.weights}
+    return [variable for variable in model.variables if id(variable) not in weights]
+
+
+def restore(model, folder: Path, state: TrainingState) -> None:
+    """Weights, optimizer state and seed states of the last completed epoch."""
+    model.load_weights(folder / state.checkpoint)
+    for variable, value in zip(seed_variables(model), state.seed_states, strict=True):
+        variable.assign(value)
+
+
+def make_checkpointer(folder: Path, state: TrainingState, monitor: str, min_delta: float,
+                      patience: int | None, last_epoch: int, plateau=None):
+    """A Keras callback that records each epoch, tracks the best one (saving it whole), stops
+    early after `patience` epochs without an improvement larger than `min_delta`, and commits
+    the state. `last_epoch` ends the current phase; `plateau` is the ReduceLROnPlateau
+    callback whose counters are saved with the state."""
+    import keras
+
+    maximize = monitor.endswith("accuracy")
+
+    class EpochCheckpointer(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.started = time.perf_counter()
+            self.seconds_before = state.seconds
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            for key, value in logs.items():
+                state.history.setdefault(key, []).append(float(value))
+            state.epochs_done = epoch + 1
+            value = float(logs[monitor])
+            improved = state.best_value is None or (
+                value - min_delta > state.best_value if maximize else value + min_delta < state.best_value)
+            if improved:
+                state.best_epoch, state.best_value, state.wait = epoch + 1, value, 0
+                state.best_model = f"best-{epoch + 1:04d}.keras"
+                self.model.save(folder / state.best_model)
+            else:
+                state.wait += 1
+            state.checkpoint = f"epoch-{epoch + 1:04d}.weights.h5"
+            self.model.save_weights(folder / state.checkpoint)
+            state.seed_states = [variable.numpy().tolist() for variable in seed_variables(self.model)]
+            if plateau is not None:
+                state.plateau = {"wait": plateau.wait, "cooldown_counter": plateau.cooldown_counter,
+                                 "best": None if plateau.best is None else float(plateau.best)}
+            if patience is not None and state.wait >= patience:
+                self.model.stop_training = True
+            state.phase_finished = bool(self.model.stop_training) or epoch + 1 >= last_epoch
+            state.seconds = self.seconds_before + time.perf_counter() - self.started
+            save_state(folder, state)
+
+    return EpochCheckpointer()
+
+
+def save_state(folder: Path, state: TrainingState) -> None:
+    """Commit the state, then delete checkpoint files it no longer names."""
+    write_json(folder / STATE_FILE, asdict(state))
+    keep = {STATE_FILE, state.checkpoint, state.best_model}
+    for path in folder.iterdir():
+        if path.name not in keep and path.is_file():
+            path.unlink()

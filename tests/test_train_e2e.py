@@ -1,0 +1,28 @@
+"""The train stage under the real dvc: checkpoints declared as an out, one `-S` per switch."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def test_dvc_repro_then_an_experiment_switching_optimizer_schedule_and_batch_norm(dvc_project):
+    project = dvc_project.path
+    dvc_project("dvc", "repro")
+    state = json.loads((project / "models" / "checkpoints" / "state.json").read_text())
+    assert state["epochs_done"] == 3
+    assert (project / "reports" / "train" / "plots" / "metrics" / "train" / "learning_rate.tsv").is_file()
+
+    dvc_project("dvc", "exp", "run", "-S", "train.optimizer=nadam", "-S", "train.schedule=cosine",
+                "-S", "model.batch_norm=true", "-S", "train.patience=5")
+    summary = json.loads((project / "models" / "summary.json").read_text())
+    assert summary["params"]["train"]["optimizer"] == "nadam"
+    assert "conv1_bn" in [row["name"] for row in summary["layers"]]
+    assert summary["resumed_from_epoch"] == 0  # other params: trained from scratch
+    shown = json.loads(dvc_project("dvc", "exp", "show", "--json").stdout)
+    assert "nadam" in json.dumps(shown)
+    status = dvc_project("dvc", "status").stdout
+    assert "changed" not in status
