@@ -156,7 +156,8 @@ def feature_maps(model, image: np.ndarray, num_layers: int) -> list[tuple[str, n
     viewer = keras.Model(model.inputs, [layer.output for layer in layers])
     outputs = viewer.predict(np.asarray(image, dtype=np.float32)[np.newaxis], verbose=0)
     outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-    return [(layer.name, np.asarray(output[0])) for layer, output in zip(layers, outputs)]
+    # Mixed-precision models compute in bfloat16/float16, which matplotlib cannot draw.
+    return [(layer.name, np.asarray(output[0], dtype=np.float32)) for layer, output in zip(layers, outputs)]
 
 
 def write_figures(params: EvaluateParams, model, test_x, test_y, probabilities, class_names,

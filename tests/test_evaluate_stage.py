@@ -38,10 +38,13 @@ def trained_cnn(path, num_classes: int, epochs: int = 3):
     from stages.models import build_model
 
     keras.utils.set_random_seed(0)
-    model = build_model(ModelParams(conv_filters=(4, 6), dense_units=(8,), dropout_rate=0.0), (8, 8, 1), num_classes)
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model = build_model(ModelParams(conv_filters=(4, 6), dense_units=(8,), dense_dropout=0.0), (8, 8, 1), num_classes)
+    binary = num_classes == 2  # build_model gives two classes one sigmoid unit
+    model.compile(optimizer="adam", loss="binary_crossentropy" if binary else "sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
     images, labels = tiny_data(num_classes, seed=1)
-    model.fit(images, labels, epochs=epochs, batch_size=16, verbose=0)
+    targets = labels.astype(np.float32)[:, np.newaxis] if binary else labels
+    model.fit(images, targets, epochs=epochs, batch_size=16, verbose=0)
     model.save(path)
     return model
 
