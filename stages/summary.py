@@ -10,6 +10,7 @@ Every computed value is checked against what Keras built.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -24,7 +25,9 @@ def model_summary(params: Params, prepared_dir: str | Path) -> dict:
 
     meta = read_json(Path(prepared_dir) / "meta.json", "prepared metadata")
     import_tensorflow()
-    model = build_model(params.model, tuple(meta["image_shape"]), meta["num_classes"], meta.get("normalization"))
+    # Pretrained weights change no shape or count: never download them just to show the table.
+    model_params = dataclasses.replace(params.model, base_weights="none")
+    model = build_model(model_params, tuple(meta["image_shape"]), meta["num_classes"], meta.get("normalization"))
     if params.model.architecture == "transfer" and params.train.fine_tune_epochs:
         from stages.transfer import find_base, set_base_trainable_layers
 
