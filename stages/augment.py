@@ -95,17 +95,18 @@ def build_augmenter(policy: dict) -> Callable:
 def build_online_augmenter(policy: dict) -> Callable:
     """A function mapping a batched (images, labels) tf.data pipeline to its augmented twin.
 
-    Each batch gets its own seed pair from `Dataset.random`, which draws a new sequence
-    every time the pipeline is iterated: a fresh transform of every image in every epoch,
-    repeatable from the seed, and stateless, so the map runs in parallel with training.
+    Batch number `step` of the whole run (counted across epochs from `first_step`) is
+    transformed with the seed pair (policy seed, step): a fresh transform of every image in
+    every epoch, repeatable from the seed, and the same after a resumed run starts again at
+    a later step. Stateless, so the map runs in parallel with training.
     """
     tf = import_tensorflow()
     augment_batch = build_augmenter(policy)
+    seed = tf.constant(policy["seed"], dtype=tf.int64)
 
-    def augment_dataset(dataset):
-        seeds = tf.data.Dataset.random(seed=policy["seed"], rerandomize_each_iteration=True).batch(2)
-        return tf.data.Dataset.zip(dataset, seeds).map(
-            lambda batch, seed: (augment_batch(batch[0], seed), batch[1]),
+    def augment_dataset(dataset, first_step: int = 0):
+        return dataset.enumerate(start=first_step).map(
+            lambda step, batch: (augment_batch(batch[0], tf.stack([seed, step])), batch[1]),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
 

@@ -81,8 +81,8 @@ def training_dataset(images, labels, batch_size: int, seed: int, epochs: range, 
 
     indices = tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(epoch_batches)
     dataset = indices.map(read_batch, num_parallel_calls=tf.data.AUTOTUNE)
-    if augmentation is not None:  # online augmentation: a map over (images, labels) batches
-        dataset = augmentation(dataset)
+    if augmentation is not None:  # online augmentation, seeded by the run's global batch number
+        dataset = augmentation(dataset, first_step=epochs.start * math.ceil(count / batch_size))
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 

@@ -81,19 +81,18 @@ def test_online_gives_different_batches_in_different_epochs_and_repeats_from_the
     images, labels = np.load(prepared / "train_x.npy")[:96], np.load(prepared / "train_y.npy")[:96]
     policy = {"seed": 9, "transforms": {key: getattr(AugmentParams(), key) for key in TRANSFORM_KEYS}, "value_range": {"low": [0.0], "high": [1.0]}}
 
-    def pipeline():  # batches in order, as train's pipeline hands them to the augmenter
+    def pipeline(epoch: int):  # one epoch's batches in order, numbered as train numbers them
         batches = tf.data.Dataset.from_tensor_slices((images, labels)).batch(32)
-        return build_online_augmenter(policy)(batches)
+        return build_online_augmenter(policy)(batches, first_step=epoch * 3)
 
-    dataset = pipeline()
-    first, second = epoch_batches(dataset), epoch_batches(dataset)
+    first, second = epoch_batches(pipeline(0)), epoch_batches(pipeline(1))
     for (first_x, first_y), (second_x, second_y), start in zip(first, second, range(0, 96, 32)):
         np.testing.assert_array_equal(first_y, labels[start:start + 32])  # labels travel with their images
         np.testing.assert_array_equal(second_y, first_y)
         assert first_x.shape == second_x.shape == (32, 8, 8, 1)
         assert not np.allclose(first_x, second_x)  # a fresh transform every epoch
         assert not np.allclose(first_x, images[start:start + 32])
-    rebuilt = epoch_batches(pipeline())
+    rebuilt = epoch_batches(pipeline(0))  # e.g. a resumed run rebuilding epoch 0
     for (first_x, _), (again_x, _) in zip(first, rebuilt):
         np.testing.assert_array_equal(first_x, again_x)  # same seed, same augmentation
 
