@@ -115,3 +115,23 @@ def test_training_on_online_augmentation_through_the_cli(prepared, tmp_path):
     assert summary["epochs_run"] == 2 and summary["params"]["augment"]["mode"] == "online"
     assert summary["train_images"] == len(np.load(prepared / "train_y.npy"))
     assert "best epoch" in result.stdout
+
+
+def test_a_resumed_run_augments_its_epochs_exactly_as_an_uninterrupted_run(prepared):
+    from stages.optimization import LossChoice
+    from stages.train import batch_reader, training_dataset
+
+    images, labels = np.load(prepared / "train_x.npy")[:96], np.load(prepared / "train_y.npy")[:96]
+    policy = {"seed": 5, "transforms": {key: getattr(AugmentParams(), key) for key in TRANSFORM_KEYS},
+              "value_range": {"low": [0.0], "high": [1.0]}}
+    read = batch_reader(images, labels, LossChoice("sparse_categorical", "integer"), 10)
+
+    def batches(epochs: range):
+        dataset = training_dataset(images, labels, 32, 7, epochs, read, build_online_augmenter(policy))
+        return [images_batch.numpy() for images_batch, _ in dataset]
+
+    uninterrupted, resumed = batches(range(0, 3)), batches(range(2, 3))  # 3 batches per epoch
+    assert len(uninterrupted) == 9 and len(resumed) == 3
+    for left, right in zip(uninterrupted[6:], resumed, strict=True):
+        np.testing.assert_array_equal(left, right)
+    assert not np.allclose(uninterrupted[0], uninterrupted[3])  # epochs differ
