@@ -73,7 +73,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=1, help="alternate plain and cnnlab this many times")
     parser.add_argument("--prepared", type=Path, help="an existing data/prepared folder to use")
-    parser.add_argument("--precision", help="override train.precision for cnnlab (default: auto)")
+    parser.add_argument("--precision", default="auto",
+                        help="train.precision for cnnlab (default: auto, i.e. bfloat16 where native)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="cnnlab-bench-") as temp:

@@ -535,7 +535,7 @@ class TrainParams:
         1e-5, Interval(float, 0, 10, low_open=True), "transfer: constant learning rate of fine-tuning"
     )
     precision: str = param(
-        "auto", OneOf(*PRECISIONS),
+        "float32", OneOf(*PRECISIONS),
         "float32, or mixed precision (bfloat16/float16 compute, float32 weights); auto: "
         "mixed_bfloat16 where the CPU or GPU computes bfloat16 natively, else float32",
     )

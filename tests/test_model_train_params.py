@@ -117,4 +117,4 @@ def test_example_model_and_train_groups_are_valid(path: Path):
 
 def test_project_params_file_is_valid():
     params = parse_params(yaml.safe_load((REPO_ROOT / "params.yaml").read_text()))
-    assert params.train.precision == "auto"
+    assert params.train.precision == "float32"  # committed reports reproduce on any CPU
