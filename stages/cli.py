@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from stages.config import DEFAULT_PARAMS_PATH, Params, load_params
+from stages.config import DEFAULT_PARAMS_PATH, load_params
 from stages.errors import USER_ERROR_EXIT_CODE, CnnlabError
 
 app = typer.Typer(
@@ -32,10 +32,6 @@ LiveOption = typer.Option(Path("reports/train"), help="DVCLive folder of per-epo
 CheckpointsOption = typer.Option(Path("models/checkpoints"), help="Training state to resume from.")
 
 
-def _params(path: str) -> Params:
-    return load_params(path)
-
-
 @app.command()
 def check(params: str = ParamsOption) -> None:
     """Validate params.yaml without running anything."""
@@ -49,7 +45,7 @@ def prepare(params: str = ParamsOption, output: Path = PreparedOption) -> None:
     from stages.prepare import prepare as run
     from stages.prepare import skipped_warning
 
-    config = _params(params)
+    config = load_params(params)
     meta = run(config.prepare, config.seed, output)
     if warning := skipped_warning(meta):
         typer.echo(f"cnnlab: warning: {warning}", err=True)
@@ -61,7 +57,7 @@ def datasets(params: str = ParamsOption) -> None:
     """List the dataset sources, whether each is available offline now, and where it lies."""
     from stages.datasets import format_survey, survey
 
-    config = _params(params)
+    config = load_params(params)
     typer.echo(format_survey(survey(config.prepare), config.prepare.dataset))
 
 
@@ -71,7 +67,7 @@ def augment(params: str = ParamsOption, prepared: Path = PreparedOption,
     """Choose the training set and augmentation policy that `train` uses."""
     from stages.augment import augment as run
 
-    config = _params(params)
+    config = load_params(params)
     policy = run(config.augment, config.seed, prepared, output)
     images = f", {policy['train_images']} training images" if "train_images" in policy else ""
     typer.echo(f"augmentation mode {policy['mode']}{images} -> {output}")
@@ -83,7 +79,7 @@ def train(params: str = ParamsOption, prepared: Path = PreparedOption,
           summary: Path = SummaryOption, live_dir: Path = LiveOption,
           checkpoints: Path = CheckpointsOption) -> None:
     """Train the model, keep the best epoch, log per-epoch metrics; resume after an interruption."""
-    config = _params(params)  # validate before importing TensorFlow
+    config = load_params(params)  # validate before importing TensorFlow
     from stages.train import train as run
 
     try:
@@ -102,7 +98,7 @@ def summary_command(params: str = ParamsOption, prepared: Path = PreparedOption,
                     explain: bool = typer.Option(False, "--explain", help="Show how each output "
                                                  "shape and parameter count follow from the formulas.")) -> None:
     """The model's layer table for the current params (shapes from meta.json), without training."""
-    config = _params(params)
+    config = load_params(params)
     from rich.console import Console
 
     from stages.summary import model_summary, summary_tables
@@ -115,7 +111,7 @@ def evaluate(params: str = ParamsOption, model: Path = ModelOption,
              prepared: Path = PreparedOption, metrics: Path = MetricsOption,
              output: Path = EvaluationOption) -> None:
     """Predict the test set; write metrics, per-class table, confusion matrix and figures."""
-    config = _params(params)
+    config = load_params(params)
     from stages.evaluate import evaluate as run
 
     result = run(config.evaluate, model, prepared, metrics, output, config.report.figure_dpi)
@@ -132,7 +128,7 @@ def report(params: str = ParamsOption, prepared: Path = PreparedOption,
     """Write the Markdown report and its figures (next to it, in figures/)."""
     from stages.report import ReportInputs, report as run
 
-    config = _params(params)
+    config = load_params(params)
     inputs = ReportInputs(prepared, summary, metrics, evaluation, live_dir, augmented)
     run(config.report, inputs, output)
     typer.echo(f"report -> {output}")
