@@ -98,6 +98,13 @@ def training_time(seconds: float) -> str:
     return f"{seconds:.0f} s" + (f" ({seconds / 60:.1f} min)" if seconds >= 60 else "")
 
 
+def describe_augmentation(augment: dict) -> str:
+    """The mode, and the transforms only when they are applied (mode off ignores them)."""
+    if augment.get("mode", "off") == "off":
+        return "off"
+    return ", ".join(f"{key} {show(value)}" for key, value in augment.items())
+
+
 def training_section(meta: dict, summary: dict) -> str:
     params = summary.get("params", {})
     train, model = params.get("train", {}), params.get("model", {})
@@ -113,7 +120,7 @@ def training_section(meta: dict, summary: dict) -> str:
                   f"{summary['total_params']:,} parameters"),
         ("optimizer", f"{show(train.get('optimizer'))}" + (f" ({optimizer})" if optimizer else "")),
         ("regularizers", regularizers(model)),
-        ("augmentation", ", ".join(f"{key} {show(value)}" for key, value in augment.items()) or "none"),
+        ("augmentation", describe_augmentation(augment)),
         ("epochs run", str(summary["epochs_run"])),
         ("best epoch", f"{summary['best_epoch']} ({summary['monitor']} {summary['best_value']:.4f})"),
         ("training time", training_time(summary["training_seconds"])),
