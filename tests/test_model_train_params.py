@@ -19,24 +19,14 @@ def parse(**groups):
     return parse_params(groups)
 
 
-@pytest.mark.parametrize("name", ACTIVATIONS)
-def test_every_activation_is_accepted(name):
-    assert parse(model={"activation": name}).model.activation == name
+NAMED_CHOICES = [("model", "activation", ACTIVATIONS), ("train", "optimizer", OPTIMIZERS),
+                 ("train", "schedule", SCHEDULES), ("train", "loss", LOSSES)]
 
 
-@pytest.mark.parametrize("name", OPTIMIZERS)
-def test_every_optimizer_is_accepted(name):
-    assert parse(train={"optimizer": name}).train.optimizer == name
-
-
-@pytest.mark.parametrize("name", SCHEDULES)
-def test_every_schedule_is_accepted(name):
-    assert parse(train={"schedule": name}).train.schedule == name
-
-
-@pytest.mark.parametrize("name", LOSSES)
-def test_every_loss_is_accepted(name):
-    assert parse(train={"loss": name}).train.loss == name
+@pytest.mark.parametrize(("group", "key", "name"),
+                         [(group, key, name) for group, key, names in NAMED_CHOICES for name in names])
+def test_every_named_choice_is_accepted(group, key, name):
+    assert getattr(getattr(parse(**{group: {key: name}}), group), key) == name
 
 
 def test_every_architecture_is_accepted():
