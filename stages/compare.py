@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from stages import plots
+from stages.config import read_yaml
 from stages.errors import CnnlabError
 from stages.report import flatten, show
 
@@ -183,8 +183,8 @@ def compare_revision(rev: str, paths: ComparePaths = ComparePaths(), markdown: b
     old, new = revision_reader(rev, repo), revision_reader(None, repo)
     if new(paths.metrics) is None:
         raise CnnlabError(f"test metrics not found: {paths.metrics}; run the pipeline first (dvc repro)")
-    params = params_diff(yaml.safe_load(old(paths.params) or "{}") or {},
-                         yaml.safe_load(new(paths.params) or "{}") or {})
+    params = params_diff(read_yaml(old(paths.params) or "{}", f"{rev}:{paths.params}") or {},
+                         read_yaml(new(paths.params) or "{}", str(paths.params)) or {})
     metrics = metrics_diff(read_json_at(old, paths.metrics), read_json_at(new, paths.metrics))
     per_class = per_class_f1_diff(read_json_at(old, paths.per_class), read_json_at(new, paths.per_class))
     title = f"## cnnlab compare: workspace vs {rev}" if markdown else f"cnnlab compare: workspace vs {rev}"

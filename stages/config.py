@@ -652,6 +652,23 @@ def parse_params(raw: Any, source: str = DEFAULT_PARAMS_PATH) -> Params:
     return _parse(Params, raw, "", source)
 
 
+def read_yaml(text: str, source: str = DEFAULT_PARAMS_PATH) -> Any:
+    """Parse params YAML exactly as DVC does (ruamel.yaml's safe loader, YAML 1.2), so that
+    `off`, `no` and `yes` stay strings and every `dvc exp run -S` round trip means the same
+    thing to cnnlab as to DVC."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    try:
+        return YAML(typ="safe", pure=True).load(text)
+    except YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(error, "problem", None)
+        what = f" ({problem.splitlines()[0]})" if problem else ""
+        raise ConfigError(f"{source}: not valid YAML{where}{what}; fix the syntax") from None
+
+
 def load_params(path: str | Path = DEFAULT_PARAMS_PATH) -> Params:
     """Read and validate params.yaml; raise ConfigError with one clear line if anything is off."""
     path = Path(path)
@@ -662,13 +679,7 @@ def load_params(path: str | Path = DEFAULT_PARAMS_PATH) -> Params:
             f"{path}: params file not found; run cnnlab from the project folder "
             "(the one with dvc.yaml) or pass --params"
         ) from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}; fix the syntax") from None
-    return parse_params(raw, str(path))
+    return parse_params(read_yaml(text, str(path)), str(path))
 
 
 def yaml_value(value: Any) -> str:

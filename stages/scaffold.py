@@ -16,9 +16,8 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
-import yaml
 
-from stages.config import describe_params, parse_params, yaml_value
+from stages.config import describe_params, parse_params, read_yaml, yaml_value
 from stages.errors import CnnlabError, DataError
 from stages.io import atomic_dir
 
@@ -116,7 +115,7 @@ def init(project_dir: str | Path, data_dir: str | Path | None = None) -> dict:
         raise CnnlabError(f"{project_dir} already exists and is not an empty folder; choose a new one")
     overrides, source = data_source(data_dir)
     params = params_text(overrides)
-    parse_params(yaml.safe_load(params), "params.yaml")  # a project that fails `cnnlab check` is no project
+    parse_params(read_yaml(params), "params.yaml")  # a project that fails `cnnlab check` is no project
     readme = Template((TEMPLATES / "README.md").read_text(encoding="utf-8"))
 
     # Built in a temporary folder and moved into place: a failure leaves no half-made project.
