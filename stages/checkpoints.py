@@ -1,7 +1,8 @@
 """Resumable training: after every epoch, everything needed to continue exactly as if
 training had never stopped, committed by one atomic write of state.json.
 
-The checkpoint folder (models/checkpoints, a DVC out that persists between runs) holds:
+The checkpoint folder (.cnnlab/checkpoints by default: git- and DVC-ignored scratch space,
+never a stage output) holds:
     state.json              epochs done, per-epoch history, best epoch, early-stopping and
                             reduce-on-plateau counters, random-seed states, file names below,
                             and the fingerprint of the params and data it belongs to

@@ -29,7 +29,8 @@ SummaryOption = typer.Option(Path("models/summary.json"), help="Training summary
 MetricsOption = typer.Option(Path("reports/metrics.json"), help="Test metrics (JSON).")
 EvaluationOption = typer.Option(Path("reports/evaluation"), help="Folder of evaluation tables.")
 LiveOption = typer.Option(Path("reports/train"), help="DVCLive folder of per-epoch metrics.")
-CheckpointsOption = typer.Option(Path("models/checkpoints"), help="Training state to resume from.")
+CheckpointsOption = typer.Option(Path(".cnnlab/checkpoints"),
+                                 help="Training state to resume from (git- and DVC-ignored scratch).")
 
 
 @app.command()
@@ -90,7 +91,8 @@ def train(params: str = ParamsOption, prepared: Path = PreparedOption,
         sys.exit(130)
     resumed = f" (resumed after epoch {result['resumed_from_epoch']})" if result["resumed_from_epoch"] else ""
     typer.echo(f"best epoch {result['best_epoch']}/{result['epochs_run']}{resumed}: "
-               f"{result['monitor']} {result['best_value']:.4f} -> {model}")
+               f"{result['monitor']} {result['best_value']:.4f}, {result['training_seconds']:.0f} s "
+               f"of training -> {model}")
 
 
 @app.command(name="summary")
@@ -146,11 +148,13 @@ def compare(
     params: str = ParamsOption, metrics: Path = MetricsOption, summary: Path = SummaryOption,
     evaluation: Path = EvaluationOption, live_dir: Path = LiveOption,
 ) -> None:
-    """What changed? Params, metrics and per-class F1 against a git revision, or across experiments."""
+    """What changed, and is it real? Params, metrics and per-class F1 against a git revision
+    (judged by McNemar's test on the per-image predictions), or across experiments."""
     from stages.compare import ComparePaths, compare_experiments, compare_revision
     from stages.io import write_text
 
-    paths = ComparePaths(Path(params), metrics, evaluation / "per_class.json", summary, live_dir)
+    paths = ComparePaths(Path(params), metrics, evaluation / "per_class.csv", evaluation / "confusion.csv",
+                         summary, live_dir)
     text = (compare_experiments(paths, sort_by, md, plot) if experiments
             else compare_revision(rev, paths, md))
     write_text(output, text) if output else typer.echo(text, nl=False)

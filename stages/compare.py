@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import subprocess
 import sys
@@ -22,12 +23,16 @@ import pandas as pd
 from stages import plots
 from stages.config import read_yaml
 from stages.errors import CnnlabError
+from stages.io import rounded
 from stages.report import flatten, show
 
 # Counts and settings, not scores: reported, never called better or worse.
 NEUTRAL_METRICS = ("top_k", "test_images", "step", "support")
 EXPERIMENT_METRICS = ("accuracy", "loss", "f1_macro")
-TRAINING_TIME = "training time (s)"
+# Metrics that are shares of the test images (a 95% interval from the test-set size applies).
+PROPORTIONS = ("accuracy", "top_k_accuracy", "precision", "recall", "f1")
+# A change is real when McNemar's test (or the interval) says so at this level.
+ALPHA = 0.05
 Reader = Callable[[Path], "str | None"]
 
 
@@ -37,7 +42,8 @@ class ComparePaths:
 
     params: Path = Path("params.yaml")
     metrics: Path = Path("reports/metrics.json")
-    per_class: Path = Path("reports/evaluation/per_class.json")
+    per_class: Path = Path("reports/evaluation/per_class.csv")
+    confusion: Path = Path("reports/evaluation/confusion.csv")
     summary: Path = Path("models/summary.json")
     live_dir: Path = Path("reports/train")
 
@@ -50,10 +56,68 @@ def direction(metric: str) -> int:
     return -1 if name.endswith("loss") or name.endswith("error") else 1
 
 
-def verdict(metric: str, change: float | None) -> str:
-    if change is None or change == 0 or direction(metric) == 0:
+# --- is a change real? ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PairedTest:
+    """McNemar's exact test on the test images both revisions classified: only the images that
+    one revision got right and the other wrong say anything about which model is better."""
+
+    images: int
+    fixed: int    # wrong at the old revision, right now
+    broken: int   # right at the old revision, wrong now
+    p_value: float
+
+    @property
+    def significant(self) -> bool:
+        return self.p_value < ALPHA
+
+    def describe(self) -> str:
+        return (f"McNemar's exact test on the {self.images} test images of both revisions: "
+                f"{self.fixed} fixed (wrong to right), {self.broken} broken (right to wrong), "
+                f"p = {self.p_value:.3g} (a change is real when p < {ALPHA})")
+
+
+def paired_test(old_rows: pd.DataFrame | None, new_rows: pd.DataFrame | None) -> PairedTest | None:
+    """The test on two `actual,predicted` tables (confusion.csv) of the same test images in the
+    same order; None when either is missing or the test sets differ."""
+    if old_rows is None or new_rows is None or len(old_rows) != len(new_rows) or not len(new_rows):
+        return None
+    if not (old_rows["actual"].to_numpy() == new_rows["actual"].to_numpy()).all():
+        return None
+    from scipy.stats import binomtest
+
+    old_right = (old_rows["actual"] == old_rows["predicted"]).to_numpy()
+    new_right = (new_rows["actual"] == new_rows["predicted"]).to_numpy()
+    fixed, broken = int((~old_right & new_right).sum()), int((old_right & ~new_right).sum())
+    p_value = binomtest(min(fixed, broken), fixed + broken).pvalue if fixed + broken else 1.0
+    return PairedTest(len(new_rows), fixed, broken, min(1.0, float(p_value)))
+
+
+def per_class_tests(old_rows: pd.DataFrame | None, new_rows: pd.DataFrame | None) -> dict[str, PairedTest]:
+    """The paired test restricted to the test images of each class."""
+    if paired_test(old_rows, new_rows) is None:
+        return {}
+    return {name: paired_test(old_rows[old_rows["actual"] == name], new_rows[new_rows["actual"] == name])
+            for name in new_rows["actual"].unique()}
+
+
+def verdict(metric: str, before: float | None, after: float | None, test: PairedTest | None = None,
+            images: int | None = None) -> str:
+    """better, worse, or no change when the difference is float noise (equal at the 4 significant
+    digits metrics are published with) or smaller than the test set can resolve: judged by the
+    paired test when there is one, else by a 95% interval from the test-set size for proportions."""
+    if before is None or after is None or direction(metric) == 0:
         return ""
-    return "better" if change * direction(metric) > 0 else "worse"
+    if rounded(before) == rounded(after):
+        return "no change"
+    if test is not None:
+        if not test.significant:
+            return "no change"
+    elif images and metric.rsplit(".", 1)[-1].startswith(PROPORTIONS):
+        margin = 1.96 * math.sqrt(max(before * (1 - before) + after * (1 - after), 0.0) / images)
+        if abs(after - before) < margin:
+            return "no change"
+    return "better" if (after - before) * direction(metric) > 0 else "worse"
 
 
 # --- reading artifacts at a revision ------------------------------------------------------------
@@ -88,6 +152,18 @@ def read_json_at(read: Reader, path: Path) -> dict:
     return json.loads(text) if text else {}
 
 
+def read_table_at(read: Reader, path: Path) -> pd.DataFrame | None:
+    """A CSV written by evaluate (class names as text), or None when it is not there."""
+    text = read(path)
+    return pd.read_csv(io.StringIO(text), dtype={"class": str, "actual": str, "predicted": str}) if text else None
+
+
+def per_class_at(read: Reader, path: Path) -> dict[str, dict]:
+    """{class: {precision, recall, f1, support}} from per_class.csv."""
+    table = read_table_at(read, path)
+    return {} if table is None else {str(row.pop("class")): row for row in table.to_dict("records")}
+
+
 def read_history_at(read: Reader, live_dir: Path) -> dict[str, list[float]]:
     """Validation accuracy and loss per epoch from DVCLive's TSVs (Keras names: val_accuracy...)."""
     history = {}
@@ -108,8 +184,9 @@ def params_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["param", "old", "new"])
 
 
-def metrics_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> pd.DataFrame:
-    """Old and new value, absolute and relative change and better/worse of every numeric metric."""
+def metrics_diff(old: Mapping[str, Any], new: Mapping[str, Any], test: PairedTest | None = None) -> pd.DataFrame:
+    """Old and new value, absolute and relative change and verdict of every numeric metric."""
+    images = new.get("test_images")
     old, new = flatten(old), flatten(new)
     rows = []
     for key in list(new) + [key for key in old if key not in new]:
@@ -118,17 +195,21 @@ def metrics_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> pd.DataFrame
             continue
         change = after - before if before is not None and after is not None else None
         relative = change / abs(before) if change is not None and before else None
-        rows.append((key, before, after, change, relative, verdict(key, change)))
+        rows.append((key, before, after, change, relative, verdict(key, before, after, test, images)))
     return pd.DataFrame(rows, columns=["metric", "old", "new", "change", "relative", "verdict"], dtype=object)
 
 
-def per_class_f1_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> pd.DataFrame:
-    """F1 of each class before and after, in the new file's class order."""
+def per_class_f1_diff(old: Mapping[str, Any], new: Mapping[str, Any],
+                      tests: Mapping[str, PairedTest] | None = None) -> pd.DataFrame:
+    """F1 of each class before and after, in the new file's class order, judged by the paired
+    test on that class's images (or the interval from its support)."""
     rows = []
     for name in list(new) + [name for name in old if name not in new]:
         before, after = old.get(name, {}).get("f1"), new.get(name, {}).get("f1")
         change = after - before if before is not None and after is not None else None
-        rows.append((name, before, after, change, verdict("f1", change)))
+        test = (tests or {}).get(name)
+        rows.append((name, before, after, change,
+                     verdict("f1", before, after, test, new.get(name, {}).get("support"))))
     return pd.DataFrame(rows, columns=["class", "old F1", "new F1", "change", "verdict"], dtype=object)
 
 
@@ -152,8 +233,6 @@ def _format_cell(column: str, value: Any, markdown: bool) -> str:
         return ""
     if column == "relative":
         return f"{value:+.2%}"
-    if column == TRAINING_TIME and _is_number(value):
-        return f"{value:.1f}"
     if column == "change" and _is_number(value):
         return f"{value:+.4f}" if isinstance(value, float) else f"{value:+d}"
     if isinstance(value, float):
@@ -163,13 +242,23 @@ def _format_cell(column: str, value: Any, markdown: bool) -> str:
     return str(value)
 
 
-def worse_summary(metrics: pd.DataFrame, per_class: pd.DataFrame, markdown: bool) -> str:
+def verdict_summary(metrics: pd.DataFrame, per_class: pd.DataFrame, test: PairedTest | None,
+                    markdown: bool) -> str:
+    """The reviewer's answer first: better, no change or worse, the test that says so, and what
+    got worse beyond noise."""
+    accuracy = metrics.set_index("metric")["verdict"].get("accuracy", "") if len(metrics) else ""
+    overall = accuracy or "no change"
+    if test is not None:
+        basis = test.describe()
+    else:
+        basis = ("no per-image predictions at both revisions: accuracy judged by a 95% interval "
+                 "from the test-set size")
     worse = [f"{row.metric} ({row.change:+.4f})" for row in metrics.itertuples() if row.verdict == "worse"]
     worse += [f"F1 of class {row[1]} ({row.change:+.4f})" for row in per_class.itertuples() if row.verdict == "worse"]
-    if not worse:
-        return "Nothing got worse."
+    headline = f"**Verdict: {overall}**" if markdown else f"Verdict: {overall}"
     label = "**Got worse:**" if markdown else "Got worse:"
-    return f"{label} " + ", ".join(worse)
+    tail = f"{label} " + ", ".join(worse) if worse else "Nothing got worse beyond noise."
+    return f"{headline} ({basis}).\n\n{tail}"
 
 
 def _section(title: str, body: str, markdown: bool) -> str:
@@ -179,16 +268,20 @@ def _section(title: str, body: str, markdown: bool) -> str:
 # --- compare against a revision --------------------------------------------------------------------
 def compare_revision(rev: str, paths: ComparePaths = ComparePaths(), markdown: bool = False,
                      repo: str | Path = ".") -> str:
-    """Params, headline metrics and per-class F1 of the workspace against git revision `rev`."""
+    """Params, headline metrics and per-class F1 of the workspace against git revision `rev`,
+    each change judged by McNemar's test on the two revisions' per-image predictions."""
     old, new = revision_reader(rev, repo), revision_reader(None, repo)
     if new(paths.metrics) is None:
         raise CnnlabError(f"test metrics not found: {paths.metrics}; run the pipeline first (dvc repro)")
     params = params_diff(read_yaml(old(paths.params) or "{}", f"{rev}:{paths.params}") or {},
                          read_yaml(new(paths.params) or "{}", str(paths.params)) or {})
-    metrics = metrics_diff(read_json_at(old, paths.metrics), read_json_at(new, paths.metrics))
-    per_class = per_class_f1_diff(read_json_at(old, paths.per_class), read_json_at(new, paths.per_class))
+    old_rows, new_rows = read_table_at(old, paths.confusion), read_table_at(new, paths.confusion)
+    test = paired_test(old_rows, new_rows)
+    metrics = metrics_diff(read_json_at(old, paths.metrics), read_json_at(new, paths.metrics), test)
+    per_class = per_class_f1_diff(per_class_at(old, paths.per_class), per_class_at(new, paths.per_class),
+                                  per_class_tests(old_rows, new_rows))
     title = f"## cnnlab compare: workspace vs {rev}" if markdown else f"cnnlab compare: workspace vs {rev}"
-    parts = [title, worse_summary(metrics, per_class, markdown),
+    parts = [title, verdict_summary(metrics, per_class, test, markdown),
              _section("Params", format_table(params, markdown) if len(params) else "No params changed.", markdown),
              _section("Test metrics", format_table(metrics, markdown), markdown)]
     if len(per_class):
@@ -246,7 +339,7 @@ def differing_params(experiments: list[Experiment]) -> list[str]:
 
 
 def experiments_table(experiments: list[Experiment], summaries: Mapping[str, dict], sort_by: str) -> pd.DataFrame:
-    """One row per experiment: the params that differ, key metrics, epochs and training time."""
+    """One row per experiment: the params that differ, key metrics and epochs run."""
     differing = differing_params(experiments)
     rows = []
     for experiment in experiments:
@@ -254,7 +347,7 @@ def experiments_table(experiments: list[Experiment], summaries: Mapping[str, dic
         rows.append({"experiment": experiment.name, "rev": experiment.rev[:7],
                      **{key: show(experiment.params.get(key, "(absent)")) for key in differing},
                      **{metric: experiment.metrics.get(metric) for metric in dict.fromkeys((*EXPERIMENT_METRICS, sort_by))},
-                     "epochs": summary.get("epochs_run"), TRAINING_TIME: summary.get("training_seconds")})
+                     "epochs": summary.get("epochs_run")})
     table = pd.DataFrame(rows, dtype=object)
     ascending = direction(sort_by) < 0
     return table.sort_values(sort_by, ascending=ascending, na_position="last", kind="stable").reset_index(drop=True)

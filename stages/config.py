@@ -21,6 +21,8 @@ import yaml
 from stages.errors import ConfigError
 
 DEFAULT_PARAMS_PATH = "params.yaml"
+# In `cnnlab init` projects: pins the cnnlab version, a dependency of every stage.
+PIN_FILE = "requirements.txt"
 
 
 # --- constraints -------------------------------------------------------------------------
@@ -679,7 +681,52 @@ def load_params(path: str | Path = DEFAULT_PARAMS_PATH) -> Params:
             f"{path}: params file not found; run cnnlab from the project folder "
             "(the one with dvc.yaml) or pass --params"
         ) from None
-    return parse_params(read_yaml(text, str(path)), str(path))
+    check_pinned_version(path.parent)
+    raw = read_yaml(text, str(path))
+    if (path.parent / "dvc.yaml").is_file():
+        check_dvc_params_present(raw, read_yaml((path.parent / "dvc.yaml").read_text(encoding="utf-8"),
+                                                str(path.parent / "dvc.yaml")), str(path))
+    return parse_params(raw, str(path))
+
+
+def check_dvc_params_present(raw: Any, pipeline: Any, source: str) -> None:
+    """DVC refuses to run a stage unless every params key it lists in dvc.yaml is in params.yaml
+    (cnnlab alone would take the defaults): say so before the first stage runs, not after
+    training, at the stage that needs the key."""
+    stages = (pipeline or {}).get("stages") or {} if isinstance(pipeline, Mapping) else {}
+    for stage in stages.values():
+        for key in (stage or {}).get("params") or []:
+            if not isinstance(key, str):
+                continue  # keys of another params file
+            value = raw
+            for part in key.split("."):
+                if not isinstance(value, Mapping) or part not in value:
+                    raise ConfigError(
+                        f"{source}: '{key}' is missing, and DVC runs no stage whose params "
+                        f"(listed in dvc.yaml) are not all there; add '{key}' (an empty group "
+                        "takes cnnlab's defaults) or start from a complete params file such as "
+                        "the shipped params.yaml"
+                    )
+                value = value[part]
+
+
+def check_pinned_version(project_dir: Path) -> None:
+    """In a project made by `cnnlab init`, requirements.txt pins the cnnlab that runs the stages
+    (every stage depends on it in dvc.yaml): refuse to run another version, whose results DVC
+    would record as the pinned one's."""
+    import importlib.metadata
+    import re
+
+    pin_file = project_dir / PIN_FILE
+    text = pin_file.read_text(encoding="utf-8", errors="replace") if pin_file.is_file() else ""
+    pinned = re.search(r"^\s*cnnlab\s*==\s*([^\s#;]+)", text, re.MULTILINE)
+    installed = importlib.metadata.version("cnnlab")
+    if pinned and pinned.group(1) != installed:
+        raise ConfigError(
+            f"{pin_file}: pins cnnlab=={pinned.group(1)} but cnnlab {installed} is installed; "
+            f"install the pinned one (pip install -r {pin_file}) or pin cnnlab=={installed} there "
+            "to re-run the pipeline with it (dvc repro)"
+        )
 
 
 def yaml_value(value: Any) -> str:

@@ -1,16 +1,18 @@
 """evaluate: test-set predictions, metrics, per-class table, confusion matrix and figures.
 
-Writes:
+Writes (DVC metrics and plots, committed; dvc.yaml says how DVC draws each):
     reports/metrics.json                     headline metrics (accuracy, loss, top-k, macro and
                                              weighted precision/recall/F1; ROC AUC and average
-                                             precision for binary tasks), number of test images
+                                             precision for binary tasks), number of test images,
+                                             each to 4 significant digits
     reports/evaluation/per_class.csv         class, precision, recall, f1, support (scikit-learn)
-    reports/evaluation/per_class.json        the same as DVC metrics: {class: {precision, ...}}
-    reports/evaluation/confusion_matrix.csv  counts, rows = actual class, columns = predicted
-    reports/evaluation/confusion.csv         one `actual,predicted` row per test image (dvc plots)
-    reports/evaluation/roc.csv, precision_recall.csv   binary tasks: the curves' points
+    reports/evaluation/confusion.csv         one `actual,predicted` row per test image, in test-set
+                                             order (DVC's confusion plot; `cnnlab compare` pairs
+                                             two revisions' rows for McNemar's test)
+    reports/evaluation/roc.csv, precision_recall.csv   the curves' points: of the positive class
+                                             for binary tasks, micro-averaged over classes otherwise
     reports/evaluation/figures/*.png         confusion matrix, most confident mistakes, feature
-                                             maps, ROC and precision-recall curves
+                                             maps, ROC and precision-recall curves (binary tasks)
 
 Everything that needs the model is drawn here, so `report` never imports TensorFlow.
 """
@@ -35,12 +37,14 @@ from sklearn.metrics import (
 
 from stages import plots
 from stages.config import EvaluateParams
-from stages.io import atomic_dir, load_array, read_json, require_file, write_json
+from stages.io import atomic_dir, load_array, read_json, require_file, rounded, write_json
 from stages.runtime import import_tensorflow
 
 FIGURES_DIR = "figures"
 # Feature-map figures show at most this many channels per layer (the first ones).
 FEATURE_MAP_CHANNELS = 16
+# ROC and precision-recall CSVs keep at most this many points.
+CURVE_POINTS = 1000
 
 
 def classification_metrics(
@@ -82,15 +86,6 @@ def per_class_table(labels: np.ndarray, predicted: np.ndarray, class_names: list
                          "f1": f1, "support": support})
 
 
-def per_class_metrics(table: pd.DataFrame) -> dict:
-    """{class: {precision, recall, f1, support}}: DVC shows each as `<class>.f1` in metrics diff."""
-    return {
-        str(row["class"]): {"precision": float(row["precision"]), "recall": float(row["recall"]),
-                            "f1": float(row["f1"]), "support": int(row["support"])}
-        for _, row in table.iterrows()
-    }
-
-
 def confusion_tables(labels: np.ndarray, predicted: np.ndarray, class_names: list[str]):
     """The counts matrix (class names on both axes) and one actual/predicted row per image."""
     counts = confusion_matrix(labels, predicted, labels=list(range(len(class_names))))
@@ -100,22 +95,26 @@ def confusion_tables(labels: np.ndarray, predicted: np.ndarray, class_names: lis
     return matrix, rows
 
 
-def binary_curves(labels: np.ndarray, probabilities: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """ROC (fpr, tpr) and precision-recall points for the positive class (class id 1)."""
-    fpr, tpr, _ = roc_curve(labels, probabilities[:, 1])
-    precision, recall, _ = precision_recall_curve(labels, probabilities[:, 1])
-    return (pd.DataFrame({"fpr": fpr, "tpr": tpr}),
-            pd.DataFrame({"recall": recall, "precision": precision}))
+def curves(labels: np.ndarray, probabilities: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """ROC (fpr, tpr) and precision-recall points: of the positive class (class id 1) in a
+    binary task, micro-averaged (every image and class as one yes/no decision) otherwise."""
+    if probabilities.shape[1] == 2:
+        truth, scores = labels == 1, probabilities[:, 1]
+    else:
+        truth = (labels[:, np.newaxis] == np.arange(probabilities.shape[1])).ravel()
+        scores = probabilities.ravel()
+    fpr, tpr, _ = roc_curve(truth, scores)
+    precision, recall, _ = precision_recall_curve(truth, scores, drop_intermediate=True)
+    return (thinned(pd.DataFrame({"fpr": fpr, "tpr": tpr})),
+            thinned(pd.DataFrame({"recall": recall, "precision": precision})))
 
 
-def write_binary_curves(labels, probabilities, metrics: dict, positive_class: str,
-                        folder: Path, dpi: int) -> None:
-    """The curves' points as CSV (DVC plots) and as one PNG with both curves."""
-    roc, precision_recall = binary_curves(labels, probabilities)
-    roc.to_csv(folder / "roc.csv", index=False, float_format="%.6f")
-    precision_recall.to_csv(folder / "precision_recall.csv", index=False, float_format="%.6f")
-    plots.binary_curves_figure(roc, precision_recall, metrics, positive_class,
-                               folder / FIGURES_DIR / "roc_precision_recall.png", dpi)
+def thinned(points: pd.DataFrame, at_most: int = CURVE_POINTS) -> pd.DataFrame:
+    """At most `at_most` points of a curve, evenly spread, first and last kept: enough to draw
+    it, small enough to commit."""
+    if len(points) <= at_most:
+        return points
+    return points.iloc[np.unique(np.linspace(0, len(points) - 1, at_most).round().astype(int))]
 
 
 def most_confident_mistakes(labels: np.ndarray, probabilities: np.ndarray, count: int) -> np.ndarray:
@@ -195,14 +194,18 @@ def evaluate(
     matrix, rows = confusion_tables(test_y, predicted, class_names)
     per_class = per_class_table(test_y, predicted, class_names)
 
+    roc, precision_recall = curves(test_y, probabilities)
+
     with atomic_dir(output_dir) as folder:
         per_class.to_csv(folder / "per_class.csv", index=False, float_format="%.4f")
-        write_json(folder / "per_class.json", per_class_metrics(per_class))
-        matrix.to_csv(folder / "confusion_matrix.csv")
         rows.to_csv(folder / "confusion.csv", index=False)
+        roc.to_csv(folder / "roc.csv", index=False, float_format="%.4f")
+        precision_recall.to_csv(folder / "precision_recall.csv", index=False, float_format="%.4f")
         if "roc_auc" in metrics:
-            write_binary_curves(test_y, probabilities, metrics, class_names[1], folder, figure_dpi)
+            plots.binary_curves_figure(roc, precision_recall, metrics, class_names[1],
+                                       folder / FIGURES_DIR / "roc_precision_recall.png", figure_dpi)
         write_figures(params, model, test_x, test_y, probabilities, class_names, matrix,
                       folder / FIGURES_DIR, figure_dpi)
-    write_json(metrics_path, metrics)
-    return metrics
+    published = {name: rounded(value) if isinstance(value, float) else value for name, value in metrics.items()}
+    write_json(metrics_path, published)
+    return published

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,41 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def rounded(value: float, digits: int = 4) -> float:
+    """`value` to `digits` significant digits: what a published metric keeps, so that float
+    noise between machines (the 8th decimal of a loss) never changes a committed file."""
+    return float(f"{value:.{digits}g}")
+
+
+def publish_keras_archive(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Copy a .keras archive to `target` atomically, made deterministic: the same weights give
+    the same bytes, so that identical runs record identical hashes in dvc.lock. (Keras stamps
+    the save time into metadata.json and a zip entry, and memory addresses into config.json as
+    the ids of shared objects, which are renumbered in order of appearance.)"""
+    with atomic_path(target) as temp, zipfile.ZipFile(source) as archive, \
+            zipfile.ZipFile(temp, "w") as published:
+        for entry in archive.infolist():
+            data = archive.read(entry)
+            if entry.filename == "metadata.json":
+                metadata = json.loads(data)
+                metadata.pop("date_saved", None)
+                data = json.dumps(metadata).encode()
+            elif entry.filename == "config.json":
+                data = json.dumps(_renumber_shared_objects(json.loads(data), {})).encode()
+            fixed = zipfile.ZipInfo(entry.filename, date_time=(1980, 1, 1, 0, 0, 0))
+            fixed.compress_type, fixed.external_attr = entry.compress_type, 0o644 << 16
+            published.writestr(fixed, data)
+
+
+def _renumber_shared_objects(config: Any, numbers: dict) -> Any:
+    if isinstance(config, list):
+        return [_renumber_shared_objects(item, numbers) for item in config]
+    if not isinstance(config, dict):
+        return config
+    return {key: numbers.setdefault(value, len(numbers) + 1) if key == "shared_object_id"
+            else _renumber_shared_objects(value, numbers) for key, value in config.items()}
 
 
 def require_file(path: str | os.PathLike, what: str = "file") -> Path:

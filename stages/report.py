@@ -1,7 +1,7 @@
 """report: reports/report.md and its figures, for a reviewer reading a pull request.
 
 Deterministic: the same inputs give byte-identical Markdown and PNGs (relative links, no
-timestamps, stable ordering), so the report's diff shows only real changes. It never imports
+timestamps or training times, stable ordering), so the report's diff shows only real changes. It never imports
 TensorFlow: the figures that need the model (misclassified examples, feature maps) are drawn
 by `evaluate` into reports/evaluation/figures/ and linked from here.
 """
@@ -94,10 +94,6 @@ def regularizers(model_params: Mapping[str, Any]) -> str:
     return ", ".join(active) or "none"
 
 
-def training_time(seconds: float) -> str:
-    return f"{seconds:.0f} s" + (f" ({seconds / 60:.1f} min)" if seconds >= 60 else "")
-
-
 def describe_augmentation(augment: dict) -> str:
     """The mode, and the transforms only when they are applied (mode off ignores them)."""
     if augment.get("mode", "off") == "off":
@@ -123,7 +119,6 @@ def training_section(meta: dict, summary: dict) -> str:
         ("augmentation", describe_augmentation(augment)),
         ("epochs run", str(summary["epochs_run"])),
         ("best epoch", f"{summary['best_epoch']} ({summary['monitor']} {summary['best_value']:.4f})"),
-        ("training time", training_time(summary["training_seconds"])),
     ]
     return markdown_table(pd.DataFrame(rows, columns=["", "value"]))
 

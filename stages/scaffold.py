@@ -17,14 +17,19 @@ from pathlib import Path
 from string import Template
 
 
-from stages.config import describe_params, parse_params, read_yaml, yaml_value
+from stages.config import PIN_FILE, describe_params, parse_params, read_yaml, yaml_value
 from stages.errors import CnnlabError, DataError
 from stages.io import atomic_dir
 
 TEMPLATES = resources.files("stages") / "project"
-# Copied as they are (template name -> path in the new project). dvc.yaml and data/raw/README.md
-# are the repository's own files; tests/test_init.py keeps the copies equal.
-COPIED = {"dvc.yaml": "dvc.yaml", "gitignore": ".gitignore", "data/raw/README.md": "data/raw/README.md"}
+# Copied as they are (template name -> path in the new project). dvc.yaml is the repository's
+# pipeline with requirements.txt (the cnnlab pin) in place of the stages/ modules as the code
+# each stage depends on; data/raw/README.md is the repository's own. tests/test_init.py keeps
+# them in step.
+COPIED = {"dvc.yaml": "dvc.yaml", "gitignore": ".gitignore", "dvcignore": ".dvcignore",
+          "data/raw/README.md": "data/raw/README.md"}
+# The branch `cnnlab compare` compares with by default.
+MAIN_BRANCH = "main"
 
 
 def params_text(overrides: dict[str, object]) -> str:
@@ -51,6 +56,15 @@ def params_text(overrides: dict[str, object]) -> str:
         value = yaml_value(overrides[key]) if key in overrides else default
         lines += [f"{indent}# {help_text}; {allowed}", f"{indent}{name}: {value}"]
     return "\n".join(lines) + "\n"
+
+
+def pin_text() -> str:
+    """requirements.txt: the installed cnnlab, which every stage depends on (dvc.yaml)."""
+    from importlib.metadata import version
+
+    return ("# The cnnlab that runs this pipeline. Every stage depends on this file (dvc.yaml):\n"
+            "# after upgrading cnnlab, pin the new version here and `dvc repro` re-runs the stages.\n"
+            f"cnnlab=={version('cnnlab')}\n")
 
 
 def data_source(data_dir: str | Path | None) -> tuple[dict[str, object], str]:
@@ -124,9 +138,10 @@ def init(project_dir: str | Path, data_dir: str | Path | None = None) -> dict:
             (folder / target).parent.mkdir(parents=True, exist_ok=True)
             (folder / target).write_bytes(TEMPLATES.joinpath(*template.split("/")).read_bytes())
         (folder / "params.yaml").write_text(params, encoding="utf-8")
+        (folder / PIN_FILE).write_text(pin_text(), encoding="utf-8")
         (folder / "README.md").write_text(
             readme.substitute(name=project_dir.name, source=source), encoding="utf-8")
-        run_git(folder, "init", "--quiet")
+        run_git(folder, "init", "--quiet", f"--initial-branch={MAIN_BRANCH}")
         init_dvc(folder)
         commit_all(folder)
     return {"project_dir": str(project_dir), **overrides}

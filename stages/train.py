@@ -4,8 +4,9 @@ Writes:
     models/model.keras      the best epoch by `train.monitor` (replaced atomically at the end)
     models/summary.json     layer table, parameter counts, epochs run, best epoch, time, params
     reports/train/          DVCLive's per-epoch metrics (loss, accuracy, learning rate)
-    models/checkpoints/     the state a re-run resumes from (see stages/checkpoints.py), and
-                            live/, the DVCLive logs of the epochs so far
+    .cnnlab/checkpoints/    the state a re-run resumes from (see stages/checkpoints.py), and
+                            live/, the DVCLive logs of the epochs so far; git and DVC never
+                            look there (it is not a result, and not a stage output)
 
 Transfer models with `train.fine_tune_epochs` train in two phases: the head with the base
 frozen, then (from the best head) the last `model.base_trainable_layers` base layers too,
@@ -25,7 +26,7 @@ import numpy as np
 from stages.augment import load_training_set, online_augmentation
 from stages.checkpoints import TrainingState, fingerprint, load_state, make_checkpointer, restore
 from stages.config import Params
-from stages.io import atomic_dir, atomic_path, load_array, read_json, write_json
+from stages.io import atomic_dir, load_array, publish_keras_archive, read_json, rounded, write_json
 from stages.models import build_model, layer_table, parameter_totals
 from stages.optimization import (
     LossChoice, choose_loss, make_accuracy, make_loss, make_optimizer, make_schedule, plateau_callback,
@@ -136,10 +137,14 @@ def start_live(folder: Path, history: dict):
     live = Live(dir=str(folder), dvcyaml=False, save_dvc_exp=False)  # dvc.yaml declares the plots
     for epoch in range(len(history.get("loss", []))):
         for name, values in history.items():
-            live.log_metric(standardize_metric_name(name, "dvclive.keras"), values[epoch])
+            live.log_metric(standardize_metric_name(name, "dvclive.keras"), rounded(values[epoch]))
         live.next_step()
 
     class EpochLogger(DVCLiveCallback):
+        def on_epoch_end(self, epoch: int, logs=None):
+            # Committed curves keep 4 significant digits: float noise is not a change.
+            super().on_epoch_end(epoch, {name: rounded(value) for name, value in (logs or {}).items()})
+
         def on_train_end(self, logs=None):
             pass  # live.end() once, after the last phase
 
@@ -200,18 +205,18 @@ def train(
                    validation)
         live.end()
 
-    with atomic_path(model_path) as temp_model:
-        shutil.copyfile(folder / state.best_model, temp_model)
+    publish_keras_archive(folder / state.best_model, model_path)
     with atomic_dir(live_dir) as temp_live:
         shutil.copytree(folder / LIVE_SCRATCH, temp_live, dirs_exist_ok=True)
     summary = training_summary(params, model, state, len(train_y), precision, resumed_from)
     write_json(summary_path, summary)
-    return summary
+    return {**summary, "training_seconds": state.seconds}
 
 
 def training_summary(params: Params, model, state: TrainingState, train_images: int, precision: str,
                      resumed_from: int) -> dict:
-    """What models/summary.json records (the report reads it, `layers` included)."""
+    """What models/summary.json records (the report reads it, `layers` included). Nothing that
+    depends on the machine or the clock: identical runs give identical files (and dvc.lock)."""
     return {
         "architecture": params.model.architecture,
         **parameter_totals(model),
@@ -219,7 +224,6 @@ def training_summary(params: Params, model, state: TrainingState, train_images: 
         "best_epoch": state.best_epoch,
         "monitor": params.train.monitor,
         "best_value": state.best_value,
-        "training_seconds": round(state.seconds, 1),
         "train_images": int(train_images),
         "precision": precision,
         "resumed_from_epoch": resumed_from,

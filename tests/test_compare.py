@@ -11,16 +11,21 @@ import pytest
 import yaml
 
 from conftest import REPO_ROOT
+import pandas as pd
+
 from stages.compare import (
     Experiment,
     direction,
     experiments_table,
     format_table,
     metrics_diff,
+    paired_test,
     params_diff,
     parse_experiments,
     per_class_f1_diff,
-    worse_summary,
+    per_class_tests,
+    verdict,
+    verdict_summary,
 )
 
 OLD_METRICS = {"accuracy": 0.80, "loss": 0.50, "f1_macro": 0.75, "test_images": 100}
@@ -38,11 +43,11 @@ def test_metrics_diff_absolute_relative_and_what_got_worse():
 
     assert table.loc["accuracy", "change"] == pytest.approx(0.10)
     assert table.loc["accuracy", "relative"] == pytest.approx(0.125)  # 0.10 / 0.80
-    assert table.loc["accuracy", "verdict"] == "better"
+    assert table.loc["accuracy", "verdict"] == "better"  # +0.10 > the 95% interval for 100 images (0.098)
     assert table.loc["loss", "change"] == pytest.approx(0.10)
     assert table.loc["loss", "relative"] == pytest.approx(0.20)
     assert table.loc["loss", "verdict"] == "worse"  # a higher loss is worse
-    assert table.loc["f1_macro", "change"] == 0 and table.loc["f1_macro", "verdict"] == ""
+    assert table.loc["f1_macro", "change"] == 0 and table.loc["f1_macro", "verdict"] == "no change"
     assert table.loc["test_images", "verdict"] == ""
     assert table.loc["roc_auc", "old"] is None and table.loc["roc_auc", "change"] is None  # new metric
 
@@ -51,18 +56,51 @@ def test_metrics_diff_absolute_relative_and_what_got_worse():
     assert re.search(r"\| test_images +\| +100 \| +100 \| +\+0 \|", text)
 
 
-def test_per_class_f1_diff_and_the_worse_summary():
-    old = {"cat": {"f1": 0.9, "support": 5}, "dog": {"f1": 0.5, "support": 5}}
-    new = {"cat": {"f1": 0.8, "support": 5}, "dog": {"f1": 0.7, "support": 5}, "bird": {"f1": 0.0, "support": 2}}
+def rows(actual: str, predicted: str) -> pd.DataFrame:
+    """confusion.csv: one actual,predicted row per test image."""
+    return pd.DataFrame({"actual": list(actual), "predicted": list(predicted)})
+
+
+def test_mcnemar_counts_only_the_images_whose_correctness_changed():
+    old = rows("aaaabbbbcc" * 10, "aaabbbbbcc" * 10)   # 10 of 100 wrong
+    same = paired_test(old, old.copy())
+    assert (same.fixed, same.broken, same.p_value) == (0, 0, 1.0) and not same.significant
+    new = old.copy()
+    new.loc[new.index[:30], "predicted"] = new.loc[new.index[:30], "actual"]  # fixes 3 of them
+    few = paired_test(old, new)
+    assert (few.fixed, few.broken) == (3, 0) and few.p_value == pytest.approx(0.25)  # 2 * 0.5**3
+    many = paired_test(old, old.assign(predicted=old["actual"]))
+    assert (many.fixed, many.broken) == (10, 0) and many.p_value == pytest.approx(2 * 0.5 ** 10)
+    assert many.significant and "10 fixed (wrong to right), 0 broken" in many.describe()
+    assert paired_test(old, old.iloc[:50]) is None  # another test set: no pairing
+    assert paired_test(None, old) is None
+    assert set(per_class_tests(old, new)) == {"a", "b", "c"}
+    assert per_class_tests(old, new)["a"].fixed == 3  # the wrong images are cats of class a
+
+
+def test_float_noise_and_changes_the_test_set_cannot_resolve_are_no_change():
+    assert verdict("loss", 0.0891262, 0.0891262 + 1e-8) == "no change"        # another CPU
+    assert verdict("accuracy", 0.974, 0.974 + 1e-8) == "no change"
+    assert verdict("accuracy", 0.80, 0.82, images=100) == "no change"         # 2 images of 100
+    assert verdict("accuracy", 0.80, 0.95, images=100) == "better"
+    insignificant = paired_test(rows("ab" * 50, "ab" * 50), rows("ab" * 50, "bb" + "ab" * 49))
+    assert verdict("accuracy", 1.0, 0.99, insignificant) == "no change"        # one image, p = 1
+    assert verdict("test_images", 100, 200) == ""
+
+
+def test_per_class_f1_diff_and_the_verdict_summary():
+    old = {"cat": {"f1": 0.9, "support": 500}, "dog": {"f1": 0.5, "support": 500}}
+    new = {"cat": {"f1": 0.8, "support": 500}, "dog": {"f1": 0.7, "support": 500}, "bird": {"f1": 0.0, "support": 2}}
     table = per_class_f1_diff(old, new)
 
     assert table["class"].tolist() == ["cat", "dog", "bird"]
     assert table["change"].tolist()[:2] == pytest.approx([-0.1, 0.2])
     assert table["verdict"].tolist() == ["worse", "better", ""]
-    summary = worse_summary(metrics_diff(OLD_METRICS, NEW_METRICS), table, markdown=True)
-    assert summary == "**Got worse:** loss (+0.1000), F1 of class cat (-0.1000)"
-    assert worse_summary(metrics_diff(OLD_METRICS, OLD_METRICS), per_class_f1_diff(old, old), False) == \
-        "Nothing got worse."
+    summary = verdict_summary(metrics_diff(OLD_METRICS, NEW_METRICS), table, None, markdown=True)
+    assert summary.startswith("**Verdict: better** (no per-image predictions at both revisions")
+    assert summary.endswith("**Got worse:** loss (+0.1000), F1 of class cat (-0.1000)")
+    same = verdict_summary(metrics_diff(OLD_METRICS, OLD_METRICS), per_class_f1_diff(old, old), None, False)
+    assert same.startswith("Verdict: no change") and same.endswith("Nothing got worse beyond noise.")
 
 
 def test_params_diff_lists_changed_added_and_removed_keys():
@@ -103,11 +141,11 @@ def test_parse_experiments_skips_the_workspace_and_unfinished_ones():
 
 def test_experiments_table_shows_differing_params_sorted_by_the_chosen_metric():
     experiments = parse_experiments(EXP_SHOW)
-    summaries = {"c" * 40: {"epochs_run": 3, "training_seconds": 12.3}}
+    summaries = {"c" * 40: {"epochs_run": 3}}
     table = experiments_table(experiments, summaries, "accuracy")
     assert table["experiment"].tolist() == ["slow-owl", "main", "quick-fox"]
     assert "train.optimizer" in table.columns and "train.epochs" not in table.columns and "seed" not in table.columns
-    assert table.loc[0, "epochs"] == 3 and table.loc[0, "training time (s)"] == 12.3
+    assert table.loc[0, "epochs"] == 3
     by_loss = experiments_table(experiments, summaries, "loss")
     assert by_loss["experiment"].tolist() == ["slow-owl", "main", "quick-fox"]  # lowest loss first
     one = [Experiment("x", "e" * 40, {"a": 1}, {"accuracy": 0.5})]
@@ -127,12 +165,16 @@ def cnnlab_without_tensorflow(project, *arguments: str) -> subprocess.CompletedP
                                                                "DVC_NO_ANALYTICS": "1", "HOME": str(project.path)})
 
 
-def write_metrics(project, accuracy: float, loss: float, cat_f1: float) -> None:
+def write_metrics(project, accuracy: float, loss: float, cat_f1: float, cat_right: int = 20) -> None:
+    """The files evaluate writes, for 50 test images (25 cats, 25 dogs)."""
     reports = project.path / "reports"
     (reports / "evaluation").mkdir(parents=True, exist_ok=True)
     (reports / "metrics.json").write_text(json.dumps({"accuracy": accuracy, "loss": loss, "test_images": 50}))
-    (reports / "evaluation" / "per_class.json").write_text(json.dumps(
-        {"cat": {"f1": cat_f1, "support": 25}, "dog": {"f1": 0.8, "support": 25}}))
+    pd.DataFrame({"class": ["cat", "dog"], "f1": [cat_f1, 0.8], "support": [25, 25]}).to_csv(
+        reports / "evaluation" / "per_class.csv", index=False)
+    predicted = ["cat"] * cat_right + ["dog"] * (25 - cat_right) + ["dog"] * 25
+    pd.DataFrame({"actual": ["cat"] * 25 + ["dog"] * 25, "predicted": predicted}).to_csv(
+        reports / "evaluation" / "confusion.csv", index=False)
 
 
 @pytest.mark.e2e
@@ -140,7 +182,7 @@ def test_compare_against_a_revision_reads_committed_files_without_tensorflow(dvc
     write_metrics(dvc_project, accuracy=0.80, loss=0.40, cat_f1=0.9)
     dvc_project("git", "add", "-A")
     dvc_project("git", "commit", "-q", "-m", "baseline metrics")
-    write_metrics(dvc_project, accuracy=0.84, loss=0.44, cat_f1=0.85)
+    write_metrics(dvc_project, accuracy=0.84, loss=0.44, cat_f1=0.85, cat_right=10)  # 10 broken
     params = yaml.safe_load((dvc_project.path / "params.yaml").read_text())
     old_learning_rate = params["train"]["learning_rate"]
     params["train"]["learning_rate"] = 0.01
@@ -150,6 +192,8 @@ def test_compare_against_a_revision_reads_committed_files_without_tensorflow(dvc
     assert result.returncode == 0, result.stderr
     text = result.stdout
     assert "## cnnlab compare: workspace vs HEAD" in text
+    assert "**Verdict: better** (McNemar's exact test on the 50 test images of both revisions: " \
+           "0 fixed (wrong to right), 10 broken (right to wrong), p = 0.00195" in text
     assert "**Got worse:** loss (+0.0400), F1 of class cat (-0.0500)" in text
     assert re.search(rf"\| train\.learning_rate +\| {re.escape(str(old_learning_rate))} +\| 0\.01 +\|", text)
     assert re.search(r"\| accuracy +\| +0\.8000 \| +0\.8400 \| +\+0\.0400 \| +\+5\.00% \| better", text)
@@ -203,8 +247,6 @@ def test_experiments_with_two_optimizers_then_compare(dvc_project):
     dvc_project("git", "commit", "-q", "-m", "switch to rmsprop")
     assert dvc_project("cnnlab", "compare", "--rev", "HEAD~1").stdout == against_head.replace("HEAD", "HEAD~1")
     assert "No params changed." in dvc_project("cnnlab", "compare", "--rev", "HEAD").stdout
-    # The top-level metrics in dvc.yaml make DVC's own diff show per-class changes too.
-    diff = json.loads(dvc_project("dvc", "metrics", "diff", "HEAD~1", "--json").stdout)
+    # DVC's own diff shows the headline metrics (per-class numbers are plots, not metric columns).
+    diff = json.loads(dvc_project("dvc", "metrics", "diff", "HEAD~1", "--all", "--json").stdout)
     assert "accuracy" in diff["reports/metrics.json"]
-    assert any(key.endswith(".f1") for key in diff.get("reports/evaluation/per_class.json", {})) or \
-        accuracies["with-rmsprop"] == accuracies["main"]

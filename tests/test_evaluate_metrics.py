@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from stages.evaluate import (
-    binary_curves,
     classification_metrics,
     confusion_tables,
+    curves,
     most_confident_mistakes,
-    per_class_metrics,
     per_class_table,
+    thinned,
 )
 
 CLASS_NAMES = ["cat", "dog", "bird"]
@@ -70,11 +70,6 @@ def test_per_class_table_including_a_class_never_predicted():
     assert table["f1"].tolist() == pytest.approx(F1)
     assert table["support"].tolist() == SUPPORT
 
-    as_metrics = per_class_metrics(table)
-    assert list(as_metrics) == CLASS_NAMES
-    assert as_metrics["bird"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 2}
-    assert as_metrics["cat"]["f1"] == pytest.approx(6 / 7)
-
 
 def test_confusion_matrix_counts_and_per_sample_rows():
     matrix, rows = confusion_tables(LABELS, PREDICTED, CLASS_NAMES)
@@ -104,7 +99,7 @@ def test_binary_task_adds_roc_auc_and_average_precision():
     assert metrics["accuracy"] == pytest.approx(3 / 4)  # 0.35 is called "no"
     assert metrics["top_k"] == 2 and metrics["top_k_accuracy"] == 1.0
 
-    roc, precision_recall = binary_curves(labels, probabilities)
+    roc, precision_recall = curves(labels, probabilities)
     assert list(roc.columns) == ["fpr", "tpr"] and list(precision_recall.columns) == ["recall", "precision"]
     assert (roc["fpr"].iloc[0], roc["tpr"].iloc[0]) == (0.0, 0.0)
     assert (roc["fpr"].iloc[-1], roc["tpr"].iloc[-1]) == (1.0, 1.0)
@@ -117,3 +112,18 @@ def test_binary_test_set_with_one_class_has_no_auc():
     metrics = classification_metrics(np.array([0, 0]), probabilities, ["no", "yes"])
     assert metrics["accuracy"] == 0.5
     assert "roc_auc" not in metrics
+
+
+def test_multiclass_curves_are_micro_averaged_and_thinned_to_a_committable_size():
+    roc, precision_recall = curves(LABELS, PROBABILITIES)
+    # Micro-averaging: every (image, class) pair is one yes/no decision, 7 x 3 = 21 of them.
+    from sklearn.metrics import roc_auc_score
+    truth = (LABELS[:, None] == np.arange(3)).ravel()
+    assert np.trapezoid(roc["tpr"], roc["fpr"]) == pytest.approx(roc_auc_score(truth, PROBABILITIES.ravel()))
+    assert precision_recall["recall"].iloc[0] == 1.0 and precision_recall["recall"].iloc[-1] == 0.0
+
+    import pandas as pd
+    points = pd.DataFrame({"x": np.arange(5000), "y": np.arange(5000)})
+    kept = thinned(points, at_most=100)
+    assert len(kept) == 100 and kept["x"].iloc[0] == 0 and kept["x"].iloc[-1] == 4999
+    assert thinned(points.iloc[:50], at_most=100).equals(points.iloc[:50])

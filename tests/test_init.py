@@ -56,9 +56,9 @@ def write_image_tree(root: Path, per_class: int = 16) -> list[str]:
 
 
 # --- one source of truth -------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["dvc.yaml", "data/raw/README.md"])
-def test_packaged_pipeline_files_are_the_repository_files(name):
-    """New projects get stages/project/<name>: it must stay byte-for-byte this repo's <name>."""
+def test_packaged_raw_data_readme_is_the_repository_file():
+    """New projects get stages/project/data/raw/README.md: byte-for-byte this repo's."""
+    name = "data/raw/README.md"
     assert COPIED[name] == name
     assert TEMPLATES.joinpath(*name.split("/")).read_bytes() == (REPO_ROOT / name).read_bytes(), (
         f"{name} changed: copy it to stages/project/{name}")
@@ -88,14 +88,33 @@ def test_init_creates_a_committed_git_and_dvc_project_that_passes_check(tmp_path
     assert result.returncode == 0, result.stderr
     project = tmp_path / "demo"
 
-    for name in ("dvc.yaml", "params.yaml", ".gitignore", "README.md", ".dvc/config", "data/raw/README.md"):
+    for name in ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "README.md", ".dvc/config",
+                 "data/raw/README.md", "requirements.txt"):
         assert (project / name).is_file(), name
-    assert (project / "dvc.yaml").read_text() == (REPO_ROOT / "dvc.yaml").read_text()
+    assert (project / "dvc.yaml").read_bytes() == TEMPLATES.joinpath("dvc.yaml").read_bytes()
     assert "# demo" in (project / "README.md").read_text()
     assert run("git", "status", "--porcelain", cwd=project).stdout == ""  # everything committed
     assert run("git", "log", "--format=%s", cwd=project).stdout.strip() == "New cnnlab project (cnnlab init)"
+    assert run("git", "branch", "--show-current", cwd=project).stdout.strip() == "main"  # compare's default
     assert "prepare" in run("dvc", "stage", "list", cwd=project).stdout
     assert run_cnnlab("check", cwd=project).returncode == 0
+
+    # The resume state is ignored by git and DVC, as in this repository.
+    (project / ".cnnlab" / "checkpoints").mkdir(parents=True)
+    (project / ".cnnlab" / "checkpoints" / "state.json").write_text("{}")
+    assert run("git", "status", "--porcelain", cwd=project).stdout == ""
+    assert "/.cnnlab/" in (project / ".dvcignore").read_text()
+
+    # requirements.txt pins the installed cnnlab; a stage refuses to run under another version.
+    from importlib.metadata import version
+    assert f"cnnlab=={version('cnnlab')}" in (project / "requirements.txt").read_text()
+    (project / "requirements.txt").write_text("cnnlab==0.0.1\n")
+    refused = run_cnnlab("check", cwd=project)
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == (
+        f"cnnlab: error: requirements.txt: pins cnnlab==0.0.1 but cnnlab {version('cnnlab')} is installed; "
+        "install the pinned one (pip install -r requirements.txt) or pin "
+        f"cnnlab=={version('cnnlab')} there to re-run the pipeline with it (dvc repro)")
 
 
 def test_init_refuses_a_non_empty_folder_and_a_missing_data_folder(tmp_path):
