@@ -208,13 +208,13 @@ def train(
     publish_keras_archive(folder / state.best_model, model_path)
     with atomic_dir(live_dir) as temp_live:
         shutil.copytree(folder / LIVE_SCRATCH, temp_live, dirs_exist_ok=True)
-    summary = training_summary(params, model, state, len(train_y), precision, resumed_from)
+    summary = training_summary(params, model, state, len(train_y), precision)
     write_json(summary_path, summary)
-    return {**summary, "training_seconds": state.seconds}
+    # How this run went (not results, so not in summary.json): for the command's own output.
+    return {**summary, "training_seconds": state.seconds, "resumed_from_epoch": resumed_from}
 
 
-def training_summary(params: Params, model, state: TrainingState, train_images: int, precision: str,
-                     resumed_from: int) -> dict:
+def training_summary(params: Params, model, state: TrainingState, train_images: int, precision: str) -> dict:
     """What models/summary.json records (the report reads it, `layers` included). Nothing that
     depends on the machine or the clock: identical runs give identical files (and dvc.lock)."""
     return {
@@ -226,7 +226,6 @@ def training_summary(params: Params, model, state: TrainingState, train_images: 
         "best_value": state.best_value,
         "train_images": int(train_images),
         "precision": precision,
-        "resumed_from_epoch": resumed_from,
         "layers": layer_table(model),
         "params": {
             "seed": params.seed,
