@@ -28,6 +28,9 @@ TEMPLATES = resources.files("stages") / "project"
 # them in step.
 COPIED = {"dvc.yaml": "dvc.yaml", "gitignore": ".gitignore", "dvcignore": ".dvcignore",
           "data/raw/README.md": "data/raw/README.md"}
+# DVC's custom plot templates (template name -> file in stages/project/), copied into .dvc/plots/
+# after `dvc init`; the repository's own .dvc/plots/ holds the same files (tested).
+PLOT_TEMPLATES = {"learning_rate": "learning_rate.json"}
 # The branch `cnnlab compare` compares with by default.
 MAIN_BRANCH = "main"
 
@@ -143,5 +146,8 @@ def init(project_dir: str | Path, data_dir: str | Path | None = None) -> dict:
             readme.substitute(name=project_dir.name, source=source), encoding="utf-8")
         run_git(folder, "init", "--quiet", f"--initial-branch={MAIN_BRANCH}")
         init_dvc(folder)
+        for name, template in PLOT_TEMPLATES.items():
+            (folder / ".dvc" / "plots").mkdir(exist_ok=True)
+            (folder / ".dvc" / "plots" / f"{name}.json").write_bytes(TEMPLATES.joinpath(template).read_bytes())
         commit_all(folder)
     return {"project_dir": str(project_dir), **overrides}

@@ -26,6 +26,7 @@ import numpy as np
 from stages.augment import load_training_set, online_augmentation
 from stages.checkpoints import TrainingState, fingerprint, load_state, make_checkpointer, restore
 from stages.config import Params
+from stages.errors import CnnlabError
 from stages.io import atomic_dir, load_array, publish_keras_archive, read_json, rounded, write_json
 from stages.models import build_model, layer_table, parameter_totals
 from stages.optimization import (
@@ -133,8 +134,14 @@ def start_live(folder: Path, history: dict):
     from dvclive.keras import DVCLiveCallback
     from dvclive.utils import standardize_metric_name
 
+    from scmrepo.exceptions import SCMError
+
     shutil.rmtree(folder, ignore_errors=True)
-    live = Live(dir=str(folder), dvcyaml=False, save_dvc_exp=False)  # dvc.yaml declares the plots
+    try:
+        live = Live(dir=str(folder), dvcyaml=False, save_dvc_exp=False)  # dvc.yaml declares the plots
+    except SCMError as error:  # DVCLive reads the current commit of the git repository
+        raise CnnlabError(f"DVCLive cannot start in this git repository ({error}); "
+                          "make a first commit (git add -A && git commit) and run again") from None
     for epoch in range(len(history.get("loss", []))):
         for name, values in history.items():
             live.log_metric(standardize_metric_name(name, "dvclive.keras"), rounded(values[epoch]))

@@ -43,15 +43,19 @@ def write_params(folder: Path, overrides: dict) -> Path:
 FAST_PARAMS = {"train": {"epochs": 3, "batch_size": 32, "learning_rate": 0.005}, "model": {"conv_filters": [8, 16], "dense_units": [16]}}
 
 
-@pytest.fixture
-def dvc_project(tmp_path: Path):
-    """A temporary git + DVC repository holding the project's dvc.yaml and fast params."""
-    project = tmp_path / "project"
-    project.mkdir()
-    shutil.copy(REPO_ROOT / "dvc.yaml", project / "dvc.yaml")
+def copy_repository_pipeline(project: Path) -> None:
+    """This repository's pipeline files: dvc.yaml, the ignore files and stages/ (the code each
+    stage depends on, and the template pipeline that DVC must not see), data/raw."""
+    project.mkdir(parents=True, exist_ok=True)
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(REPO_ROOT / name, project / name)
+    shutil.copytree(REPO_ROOT / "stages", project / "stages", ignore=shutil.ignore_patterns("__pycache__"))
     (project / "data" / "raw").mkdir(parents=True)  # prepare's dependency (dataset files go here)
     shutil.copy(REPO_ROOT / "data" / "raw" / "README.md", project / "data" / "raw" / "README.md")
-    write_params(project, FAST_PARAMS)
+
+
+def project_runner(project: Path):
+    """run(*command, check=True) in `project` with the venv's dvc and cnnlab first on PATH."""
     env = {**os.environ, "PATH": f"{BIN_DIR}{os.pathsep}{os.environ['PATH']}",
            "TF_CPP_MIN_LOG_LEVEL": "3", "DVC_NO_ANALYTICS": "1",
            "GIT_AUTHOR_NAME": "cnnlab test", "GIT_AUTHOR_EMAIL": "test@example.com",
@@ -63,14 +67,29 @@ def dvc_project(tmp_path: Path):
             raise AssertionError(f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")
         return result
 
+    run.path = project  # type: ignore[attr-defined]
+    return run
+
+
+@pytest.fixture
+def dvc_project(tmp_path: Path):
+    """A temporary git + DVC repository holding this repository's pipeline and fast params."""
+    project = tmp_path / "project"
+    copy_repository_pipeline(project)
+    write_params(project, FAST_PARAMS)
+    run = project_runner(project)
     run("git", "init", "-q", "-b", "main")
-    run("dvc", "init", "-q")
-    run("dvc", "config", "core.analytics", "false")
+    init_dvc_with_templates(run)
     run("git", "add", "-A")
     run("git", "commit", "-q", "-m", "init")
-    project_run = run
-    project_run.path = project  # type: ignore[attr-defined]
-    return project_run
+    return run
+
+
+def init_dvc_with_templates(run) -> None:
+    """`dvc init`, then this repository's custom plot templates (.dvc/plots/)."""
+    run("dvc", "init", "-q")
+    run("dvc", "config", "core.analytics", "false")
+    shutil.copytree(REPO_ROOT / ".dvc" / "plots", run.path / ".dvc" / "plots", dirs_exist_ok=True)
 
 
 @pytest.fixture(scope="session")

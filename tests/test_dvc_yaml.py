@@ -103,3 +103,10 @@ def test_every_example_is_a_complete_params_file():
     for example in sorted((REPO_ROOT / "examples").glob("*.yaml")):
         check_dvc_params_present(read_yaml(example.read_text()), PIPELINE, str(example))
     assert Path(REPO_ROOT / "examples").is_dir()
+
+
+def test_custom_plot_templates_ship_to_new_projects_unchanged():
+    from stages.scaffold import PLOT_TEMPLATES
+
+    for name, template in PLOT_TEMPLATES.items():
+        assert TEMPLATES.joinpath(template).read_bytes() == (REPO_ROOT / ".dvc" / "plots" / f"{name}.json").read_bytes()

@@ -142,6 +142,19 @@ def test_init_then_dvc_repro_on_the_bundled_digits(tmp_path):
     assert (project / "models" / "model.keras").is_file()
     assert "accuracy" in (project / "reports" / "metrics.json").read_text()
     assert "up to date" in run("dvc", "status", cwd=project).stdout
+    run("git", "add", "-A", cwd=project)  # the project README's own advice
+    run("git", "commit", "-q", "-m", "first model", cwd=project)
+    assert run("git", "status", "--porcelain", "--ignored", cwd=project).stdout.count(".cnnlab") == 1  # ignored
+    assert run("dvc", "checkout", cwd=project).stderr == ""
+    # compare works on the first try: its default revision is the branch init created.
+    compared = run_cnnlab("compare", cwd=project)
+    assert compared.returncode == 0, compared.stderr
+    assert "Verdict: no change" in compared.stdout and "No params changed." in compared.stdout
+
+    # Pinning another cnnlab version marks every stage changed.
+    (project / "requirements.txt").write_text("cnnlab==9.9.9\n")
+    changed = run("dvc", "status", cwd=project).stdout
+    assert all(f"{stage}:" in changed for stage in ("prepare", "augment", "train", "evaluate", "report"))
 
 
 @pytest.mark.e2e

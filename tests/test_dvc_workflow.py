@@ -1,0 +1,188 @@
+"""The DVC commands a user runs every day, end to end: real git, real dvc, temporary repositories.
+
+One project is trained once for the module (`dvc repro` on digits with fast params, committed on
+main); each test works on its own copy of it, so the tests do not depend on each other.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+
+import pytest
+
+from conftest import (FAST_PARAMS, REPO_ROOT, copy_repository_pipeline, init_dvc_with_templates, project_runner,
+                      write_params)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.tf]
+QUIET = ("WARNING", "ERROR", "failed", "Traceback")
+
+
+def stages_run(output: str) -> list[str]:
+    return re.findall(r"^Running stage '(\w+)'", output, flags=re.MULTILINE)
+
+
+def assert_quiet(result) -> None:
+    """Exit 0 and not one warning or error: what a user expects from a daily command."""
+    text = result.stdout + result.stderr
+    assert result.returncode == 0 and not any(word in text for word in QUIET), text
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A git + DVC project of this repository's pipeline after `dvc repro`, committed on main."""
+    project = tmp_path_factory.mktemp("trained") / "project"
+    copy_repository_pipeline(project)
+    write_params(project, FAST_PARAMS)
+    run = project_runner(project)
+    run("git", "init", "-q", "-b", "main")
+    init_dvc_with_templates(run)
+    run("git", "add", "-A")
+    run("git", "commit", "-q", "-m", "pipeline")  # DVCLive needs a first commit
+    started = time.perf_counter()
+    first = run("dvc", "repro")
+    run.seconds = time.perf_counter() - started  # type: ignore[attr-defined]
+    assert stages_run(first.stdout) == ["prepare", "augment", "train", "evaluate", "report"]
+    run("git", "add", "-A")
+    run("git", "commit", "-q", "-m", "baseline")
+    return run
+
+
+@pytest.fixture
+def project(trained, tmp_path):
+    """A copy of the trained project (its DVC cache and run-cache included), for one test."""
+    copy = tmp_path / "project"
+    shutil.copytree(trained.path, copy, symlinks=True)
+    return project_runner(copy)
+
+
+def test_after_repro_status_checkout_commit_plots_and_metrics_are_clean(project):
+    assert project("dvc", "status").stdout.strip() == "Data and pipelines are up to date."
+    assert project("git", "status", "--porcelain").stdout == ""  # every output committed or ignored
+    # The template pipeline in stages/project/ is not a second pipeline of this repository.
+    assert sorted(re.findall(r"^(\S+)", project("dvc", "stage", "list").stdout, flags=re.MULTILINE)) == \
+        ["augment", "evaluate", "prepare", "report", "train"]
+    for command in (("dvc", "checkout"), ("dvc", "commit", "--force"), ("dvc", "metrics", "diff", "HEAD"),
+                    ("dvc", "plots", "diff", "HEAD", "--json")):
+        assert_quiet(project(*command, check=False))
+
+    plots = json.loads(project("dvc", "plots", "show", "--json").stdout)
+    assert not plots.get("errors")
+    accuracy = plots["data"]["Accuracy per epoch (train and validation)"][0]["content"]
+    assert {row["filename"] for row in accuracy["data"]["values"]} == {"train/accuracy.tsv", "eval/accuracy.tsv"}
+    learning_rate = plots["data"]["Learning rate per epoch"][0]["content"]["encoding"]["y"]
+    assert learning_rate["scale"] == {"zero": True}  # .dvc/plots/learning_rate.json: not an axis of "0"
+    confusion = json.dumps(plots["data"]["reports/evaluation/confusion.csv"][0]["content"])
+    axes = re.findall(r'"(x|y)": \{"field": "(\w+)"', confusion)
+    assert axes[:2] == [("x", "predicted"), ("y", "actual")]  # as in confusion_matrix.png
+
+
+def test_a_failed_stage_loses_nothing_that_dvc_checkout_cannot_restore(project):
+    model = project.path / "models" / "model.keras"
+    before = model.read_bytes()
+    params = project.path / "params.yaml"
+    params.write_text(params.read_text().replace("optimizer: adam", "optimizer: adamm"))
+    failed = project("dvc", "repro", check=False)
+    assert failed.returncode != 0 and "'train.optimizer' must be one of" in failed.stderr + failed.stdout
+    project("git", "checkout", "params.yaml")
+    assert_quiet(project("dvc", "checkout", check=False))
+    assert model.read_bytes() == before
+    assert project("dvc", "status").stdout.strip() == "Data and pipelines are up to date."
+    assert project("git", "status", "--porcelain").stdout == ""
+
+
+def test_branch_switch_then_dvc_checkout_leaves_nothing_to_reproduce(project):
+    project("git", "checkout", "-q", "-b", "faster")
+    project("dvc", "exp", "run", "-q", "-S", "train.learning_rate=0.01")  # then commit it on the branch
+    project("git", "add", "-A")
+    project("git", "commit", "-q", "-m", "learning rate 0.01")
+    for branch in ("main", "faster", "main"):
+        project("git", "checkout", "-q", branch)
+        assert_quiet(project("dvc", "checkout", check=False))
+        assert stages_run(project("dvc", "repro", "--dry").stdout) == [], branch
+        assert project("dvc", "status").stdout.strip() == "Data and pipelines are up to date.", branch
+
+
+def test_identical_runs_give_identical_dvc_lock_and_committed_files(project):
+    """A second run of everything from scratch (no resume state) changes no committed byte."""
+    committed = (project.path / "dvc.lock").read_text()
+    shutil.rmtree(project.path / ".cnnlab")
+    project("dvc", "repro", "--force")
+    assert (project.path / "dvc.lock").read_text() == committed
+    assert project("git", "status", "--porcelain").stdout == ""
+
+
+def test_a_configuration_seen_before_comes_back_from_the_run_cache(project, trained):
+    shutil.rmtree(project.path / ".cnnlab")  # no resume state: only the run-cache can avoid training
+    started = time.perf_counter()
+    first = project("dvc", "exp", "run", "-S", "train.epochs=2")
+    trained_seconds = time.perf_counter() - started
+    assert "train" in stages_run(first.stdout)
+    shutil.rmtree(project.path / ".cnnlab")
+    project("git", "checkout", "params.yaml", "dvc.lock")  # back to the baseline
+    assert_quiet(project("dvc", "checkout", check=False))
+
+    started = time.perf_counter()
+    again = project("dvc", "exp", "run", "-S", "train.epochs=2")
+    restored_seconds = time.perf_counter() - started
+    assert "Stage 'train' is cached - skipping run, checking out outputs" in again.stdout
+    assert "Stage 'evaluate' is cached" in again.stdout and "train" not in stages_run(again.stdout)
+    print(f"run-cache: trained in {trained_seconds:.1f} s, restored in {restored_seconds:.1f} s")
+    assert json.loads((project.path / "models" / "summary.json").read_text())["epochs_run"] == 2
+
+
+def test_exp_run_round_trip_of_an_unchanged_value_is_no_change(project):
+    """DVC rewrites params.yaml with its YAML 1.2 dumper (mode: "off" -> mode: off)."""
+    project("dvc", "exp", "run", "-S", "augment.mode=off", "-n", "same")
+    assert re.search(r"^  mode: off", (project.path / "params.yaml").read_text(), flags=re.MULTILINE)
+    compared = project("cnnlab", "compare", "--rev", "HEAD").stdout
+    assert "No params changed." in compared and "Verdict: no change" in compared
+    assert project("dvc", "status").stdout.strip() == "Data and pipelines are up to date."
+    assert_quiet(project("dvc", "exp", "apply", "same", check=False))
+
+
+def test_a_code_edit_marks_the_stages_that_run_that_code_changed(project):
+    with open(project.path / "stages" / "evaluate.py", "a") as module:
+        module.write("# an edit\n")
+    status = project("dvc", "status").stdout
+    assert re.findall(r"^(\w+):", status, flags=re.MULTILINE) == ["evaluate"]
+    assert "modified:           stages/evaluate.py" in status
+    with open(project.path / "stages" / "io.py", "a") as module:  # shared by every stage
+        module.write("# an edit\n")
+    assert len(re.findall(r"^(\w+):", project("dvc", "status").stdout, flags=re.MULTILINE)) == 5
+
+
+def test_exp_show_has_headline_metrics_only_and_no_name_collisions(project):
+    project("dvc", "exp", "run", "-q", "-S", "train.optimizer=rmsprop", "-n", "rmsprop")
+    header = project("dvc", "exp", "show", "--md").stdout.splitlines()[0]
+    columns = [cell.strip() for cell in header.strip("|").split("|")]
+    assert not [column for column in columns if ":" in column]  # DVC prefixes a file only on collisions
+    metrics = json.loads((project.path / "reports" / "metrics.json").read_text())
+    assert set(metrics) <= set(columns)
+    shown = json.loads(project("dvc", "exp", "show", "--json").stdout)
+    assert set(shown[1]["data"]["metrics"]) == {"reports/metrics.json"}  # no per-class or DVCLive metrics
+    changed = project("dvc", "exp", "show", "--md", "--only-changed").stdout.splitlines()[0]
+    assert "train.optimizer" in changed and len(changed.strip("|").split("|")) <= 30
+
+
+def test_identical_results_on_another_cpu_are_no_change(project):
+    """Float noise at the 8th decimal (another CPU) is not a change: not in compare, not in the PR."""
+    metrics_path = project.path / "reports" / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    metrics_path.write_text(json.dumps({key: value + 1e-8 if isinstance(value, float) else value
+                                        for key, value in metrics.items()}))
+    compared = project("cnnlab", "compare", "--rev", "HEAD", "--md").stdout
+    assert "**Verdict: no change** (McNemar's exact test on the 270 test images of both revisions: " \
+           "0 fixed (wrong to right), 0 broken (right to wrong), p = 1" in compared
+    assert "worse" not in compared.replace("Nothing got worse beyond noise.", "")
+
+
+@pytest.mark.parametrize("example", sorted(path.name for path in (REPO_ROOT / "examples").glob("*.yaml")))
+def test_every_example_passes_dvcs_params_check(project, example):
+    """`cp examples/X.yaml params.yaml && dvc repro`: DVC finds every params key it needs."""
+    shutil.copy(REPO_ROOT / "examples" / example, project.path / "params.yaml")
+    dry = project("dvc", "repro", "--dry", check=False)
+    assert dry.returncode == 0 and "missing" not in dry.stdout + dry.stderr, dry.stdout + dry.stderr
+    assert project("cnnlab", "check").returncode == 0
