@@ -38,9 +38,7 @@ def test_evaluate_metrics_agree_with_the_tables(pipeline_dir):
     assert metrics["accuracy"] > 0.5  # three tiny epochs already learn digits far above chance (0.1)
     rows = pd.read_csv(pipeline_dir / "reports/evaluation/confusion.csv")
     assert len(rows) == metrics["test_images"] == 270
-    assert (rows["actual"] == rows["predicted"]).mean() == pytest.approx(metrics["accuracy"])
-    matrix = pd.read_csv(pipeline_dir / "reports/evaluation/confusion_matrix.csv", index_col=0)
-    assert matrix.to_numpy().sum() == 270
+    assert (rows["actual"] == rows["predicted"]).mean() == pytest.approx(metrics["accuracy"], abs=1e-4)
     per_class = pd.read_csv(pipeline_dir / "reports/evaluation/per_class.csv")
     assert per_class["f1"].mean() == pytest.approx(metrics["f1_macro"], abs=1e-4)
 
