@@ -13,14 +13,21 @@ import pandas as pd
 import pytest
 
 from stages import plots
-from conftest import REPO_ROOT, run_cnnlab, write_params
+from stages.calibration import expected_calibration_error, reliability_table, threshold_table
+from conftest import REPO_ROOT, project_runner, run_cnnlab, write_params
 
 CLASS_NAMES = ["circle", "square", "triangle"]
-SECTIONS = ["# cnnlab report", "## What was trained", "### Model summary", "### Parameters used for training",
-            "## Test metrics", "## Per-class precision, recall and F1", "## Fit diagnosis", "## Figures",
-            "### Training and validation accuracy and loss per epoch", "### Confusion matrix (test set)",
-            "### Misclassified test images", "### Sample training images", "### Augmentation preview",
-            "### Feature maps of the first convolutional layers (one test image)"]
+# The reviewer's order: results and fit first, then errors, trust, and what was trained.
+SECTIONS = ["# cnnlab report", "## Test results", "## Fit diagnosis", "## Where the model errs",
+            "### Per-class precision, recall and F1", "### Confusion matrix (test set)",
+            "### Most confused class pairs", "### Misclassified test images",
+            "## Can its confidence be trusted?", "### Calibration", "### Confidence thresholding",
+            "### Grad-CAM", "## What was trained", "### Model summary",
+            "### Params that differ from cnnlab's defaults", "## More figures", "### Sample training images",
+            "### Augmentation preview", "### Feature maps of the first convolutional layers (one test image)"]
+# The test set: three images per class; the model gets two triangles wrong (called squares).
+ACTUAL = np.repeat(np.arange(3), 3)
+PREDICTED = np.array([0, 0, 0, 1, 1, 1, 2, 1, 1])
 LAYERS = [
     {"name": "conv2d", "type": "Conv2D", "output_shape": [None, 8, 8, 4], "params": 40, "trainable": True},
     {"name": "max_pooling2d", "type": "MaxPooling2D", "output_shape": [None, 4, 4, 4], "params": 0,
@@ -65,9 +72,18 @@ def make_artifacts(root: Path, layers: bool = True, preview: bool = True) -> lis
     reports = root / "reports"
     evaluation = reports / "evaluation"
     (evaluation / "figures").mkdir(parents=True)
+    probabilities = np.full((9, 3), 0.1)
+    probabilities[np.arange(9), PREDICTED] = np.linspace(0.5, 0.95, 9)
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    reliability = reliability_table(ACTUAL, probabilities)
+    reliability.to_csv(evaluation / "calibration.csv", index=False)
+    threshold_table(ACTUAL, probabilities).to_csv(evaluation / "thresholds.csv", index=False)
     (reports / "metrics.json").write_text(json.dumps({
-        "accuracy": 0.7777777777777778, "loss": 0.61, "top_k_accuracy": 1.0, "precision_macro": 0.8,
-        "recall_macro": 0.7777777777777778, "f1_macro": 0.77, "top_k": 2, "test_images": 9}))
+        "accuracy": 0.7778, "loss": 0.61, "top_k_accuracy": 1.0, "precision_macro": 0.8,
+        "recall_macro": 0.7778, "f1_macro": 0.77, "top_k": 2, "test_images": 9,
+        "expected_calibration_error": round(expected_calibration_error(reliability), 4)}))
+    pd.DataFrame({"actual": np.array(CLASS_NAMES)[ACTUAL], "predicted": np.array(CLASS_NAMES)[PREDICTED]}).to_csv(
+        evaluation / "confusion.csv", index=False)
     pd.DataFrame({"class": CLASS_NAMES, "precision": [1.0, 0.6, 0.75], "recall": [1.0, 1.0, 0.3333],
                   "f1": [1.0, 0.75, 0.4615], "support": [3, 3, 3]}).to_csv(evaluation / "per_class.csv", index=False)
     matrix = np.array([[3, 0, 0], [0, 3, 0], [0, 2, 1]])
@@ -76,6 +92,8 @@ def make_artifacts(root: Path, layers: bool = True, preview: bool = True) -> lis
                              evaluation / "figures" / "misclassified.png")
     plots.feature_maps_figure(images[0], "circle", [("conv2d", rng.random((8, 8, 4)))],
                               evaluation / "figures" / "feature_maps.png")
+    plots.gradcam_grid(images[:2], rng.random((2, 8, 8)), ["a", "b"], "Grad-CAM",
+                       evaluation / "figures" / "gradcam_mistakes.png")
     live = reports / "train" / "plots" / "metrics"
     for split, accuracy, loss in (("train", [0.5, 0.8, 0.97, 0.99], [1.0, 0.6, 0.1, 0.05]),
                                   ("eval", [0.5, 0.7, 0.80, 0.78], [1.0, 0.7, 0.6, 0.65])):
