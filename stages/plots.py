@@ -73,9 +73,9 @@ def training_curves(history: dict[str, Sequence[float]], path: str | os.PathLike
     save_figure(figure, path, dpi)
 
 
-# Confusion matrix geometry: cells from 0.6 in (few classes) down to 0.12 in (100 classes), so the
-# matrix stays within about 12 in (GitHub scales wider images down to its page width).
-MATRIX_INCHES, CELL_INCHES = (0.12, 0.6), 10.0
+# Confusion matrix geometry: cells from 1.5 in (up to 5 classes) down to 0.12 in (from 67 classes),
+# so the matrix stays within 8 to 12 in (GitHub scales wider images down to its page width).
+CELL_LIMITS, MATRIX_INCHES = (0.12, 1.5), 8.0
 # Counts are written in the cells only down to this font size (points).
 MIN_CELL_FONT = 5.0
 
@@ -83,7 +83,7 @@ MIN_CELL_FONT = 5.0
 def cell_font_size(cell_inches: float, largest: int) -> float:
     """The largest font (points) whose `largest` count fits a cell: digits are about 0.6 em wide."""
     cell_points = cell_inches * 72
-    return min(10.0, 0.55 * cell_points, 0.8 * cell_points / (0.6 * len(str(largest))))
+    return min(12.0, 0.55 * cell_points, 0.8 * cell_points / (0.6 * len(str(largest))))
 
 
 def draw_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str]):
@@ -95,7 +95,7 @@ def draw_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str]):
     classes = len(class_names)
     totals = matrix.sum(axis=1, keepdims=True)
     shares = np.divide(matrix, totals, out=np.zeros(matrix.shape, dtype=float), where=totals > 0)
-    cell = float(np.clip(CELL_INCHES / max(classes, 1), *MATRIX_INCHES))
+    cell = float(np.clip(MATRIX_INCHES / max(classes, 1), *CELL_LIMITS))
     label_font = min(10.0, 0.75 * cell * 72)
     longest = max(len(name) for name in class_names)
     margin = min(3.5, 0.6 + longest * label_font / 72 * 0.6)  # room for the labels, in inches
@@ -209,8 +209,9 @@ def reliability_diagram(table, ece: float, binning: str, path: str | os.PathLike
     width = (table["bin_high"] - table["bin_low"]).to_numpy()
     centres = ((table["bin_low"] + table["bin_high"]) / 2).to_numpy()
     axes[0].bar(centres, table["accuracy"], width=width, edgecolor="black", color="tab:blue", label="accuracy")
-    axes[0].bar(centres, table["confidence"] - table["accuracy"], bottom=table["accuracy"], width=width,
-                color="tab:red", alpha=0.3, edgecolor="tab:red", label="gap to confidence")
+    gap = (table["confidence"] - table["accuracy"]).to_numpy()
+    axes[0].bar(centres, np.abs(gap), bottom=np.minimum(table["confidence"], table["accuracy"]), width=width,
+                fill=False, hatch="//", edgecolor="tab:red", label="gap to the mean confidence")
     axes[0].plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
     axes[0].set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (probability of the predicted class)",
                 ylabel="accuracy", title=f"Reliability diagram: ECE {ece:.4f}")
@@ -229,17 +230,23 @@ def gradcam_grid(images: np.ndarray, heat_maps: np.ndarray, titles: Sequence[str
     rows = -(-len(images) // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(columns * 2.0, rows * 2.3 + 0.4), squeeze=False,
                                 layout="constrained")
+    colours = matplotlib.colormaps["jet"]
     for axis in axes.flat:
         axis.axis("off")
     for axis, image, heat, caption in zip(axes.flat, images, heat_maps, titles):
         axis.axis("on")
         grey = np.asarray(image, dtype=np.float32).mean(axis=-1)
         span = float(grey.max() - grey.min()) or 1.0
-        axis.imshow((grey - grey.min()) / span, cmap="gray", vmin=0.0, vmax=1.0)
-        drawn = axis.imshow(heat, cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0)
+        unit = (grey - grey.min()) / span
+        axis.imshow(unit, cmap="gray_r" if unit.mean() < 0.5 else "gray", vmin=0.0, vmax=1.0)
+        # Opacity follows the heat: the image stays visible where the model did not look.
+        overlay = colours(np.clip(heat, 0.0, 1.0))
+        overlay[..., 3] = 0.15 + 0.6 * np.clip(heat, 0.0, 1.0)
+        axis.imshow(overlay)
         _frame(axis, frame)
         axis.set_title(caption, fontsize=10)
-    figure.colorbar(drawn, ax=axes, fraction=0.02, pad=0.01, label="Grad-CAM (1 = strongest)")
+    scale = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0.0, 1.0), colours)
+    figure.colorbar(scale, ax=axes, fraction=0.02, pad=0.01, label="Grad-CAM (1 = strongest)")
     figure.suptitle(title, fontsize=13)
     save_figure(figure, path, dpi)
 
