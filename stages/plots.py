@@ -172,6 +172,11 @@ def feature_maps_figure(
     image: np.ndarray, class_name: str, layer_maps: Sequence[tuple[str, np.ndarray]],
     path: str | os.PathLike, max_channels: int = 16, dpi: int = 100, columns: int = 8,
 ) -> None:
+    save_figure(draw_feature_maps(image, class_name, layer_maps, max_channels, columns), path, dpi)
+
+
+def draw_feature_maps(image: np.ndarray, class_name: str, layer_maps: Sequence[tuple[str, np.ndarray]],
+                      max_channels: int = 16, columns: int = 8):
     """One test image and, below it, the first `max_channels` activation maps of each layer, on
     one colour scale per layer (its colour bar at the row's end), labelled with the channels
     shown out of the layer's total."""
@@ -199,7 +204,7 @@ def feature_maps_figure(
         row += block
     figure.suptitle("Feature maps: activations of the first convolutional layers, one colour scale per layer",
                     fontsize=12)
-    save_figure(figure, path, dpi)
+    return figure
 
 
 def reliability_diagram(table, ece: float, binning: str, path: str | os.PathLike, dpi: int = 100) -> None:
