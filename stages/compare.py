@@ -24,7 +24,7 @@ from stages import plots
 from stages.config import read_yaml
 from stages.errors import CnnlabError
 from stages.io import rounded
-from stages.report import flatten, show
+from stages.params_text import flatten, show
 
 # Counts and settings, not scores: reported, never called better or worse.
 NEUTRAL_METRICS = ("top_k", "test_images", "step", "support")

@@ -582,6 +582,11 @@ class EvaluateParams:
 @dataclass(frozen=True)
 class ReportParams:
     title: str = param("cnnlab report", Text(), "heading of reports/report.md")
+    base_rev: str | None = param(
+        "main", Nullable(Text()),
+        "git revision whose committed test results the report compares with (deltas, verdict); "
+        "skipped when it or its results do not exist; null = no comparison",
+    )
     figure_dpi: int = param(
         100, Interval(int, 50, 300), "resolution of the PNG figures (report and evaluate)"
     )

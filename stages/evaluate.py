@@ -11,8 +11,13 @@ Writes (DVC metrics and plots, committed; dvc.yaml says how DVC draws each):
                                              two revisions' rows for McNemar's test)
     reports/evaluation/roc.csv, precision_recall.csv   the curves' points: of the positive class
                                              for binary tasks, micro-averaged over classes otherwise
+    reports/evaluation/calibration.csv       reliability table: test images, mean confidence and
+                                             accuracy per confidence bin (its ECE in metrics.json)
+    reports/evaluation/thresholds.csv        coverage and accuracy when abstaining below p = 0.5,
+                                             0.7, 0.9
     reports/evaluation/figures/*.png         confusion matrix, most confident mistakes, feature
-                                             maps, ROC and precision-recall curves (binary tasks)
+                                             maps, Grad-CAM heat maps (models with a convolutional
+                                             layer), ROC and precision-recall curves (binary tasks)
 
 Everything that needs the model is drawn here, so `report` never imports TensorFlow.
 """
@@ -35,7 +40,8 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
-from stages import plots
+from stages import gradcam, plots
+from stages.calibration import expected_calibration_error, reliability_table, threshold_table
 from stages.config import EvaluateParams
 from stages.io import atomic_dir, load_array, read_json, require_file, rounded, write_json
 from stages.runtime import import_tensorflow
@@ -177,6 +183,35 @@ def write_figures(params: EvaluateParams, model, test_x, test_y, probabilities, 
                                   folder / "feature_maps.png", FEATURE_MAP_CHANNELS, dpi)
 
 
+def write_gradcam_figures(model, test_x, test_y, probabilities, class_names, folder: Path, dpi: int) -> None:
+    """Grad-CAM of the predicted class over the most confident mistakes and over one correctly
+    classified image per class; nothing when the model has no convolutional layer."""
+    predicted = probabilities.argmax(axis=1)
+    for name, indices, title, frame in (
+        ("gradcam_mistakes.png", most_confident_mistakes(test_y, probabilities, gradcam.MISTAKES),
+         "Grad-CAM of the predicted class: the most confident mistakes", "tab:red"),
+        ("gradcam_correct.png", gradcam.correct_examples(test_y, probabilities),
+         "Grad-CAM of the predicted class: one correct image per class", "tab:green"),
+    ):
+        if not len(indices):
+            continue
+        images = np.asarray(test_x[indices])
+        heat = gradcam.heat_maps(model, images, predicted[indices])
+        if heat is None:
+            return
+        titles = [f"true: {class_names[test_y[i]]}\npredicted: {class_names[predicted[i]]}\n"
+                  f"({probabilities[i, predicted[i]]:.0%})" for i in indices]
+        plots.gradcam_grid(images, heat, titles, title, folder / name, dpi, frame=frame)
+
+
+def write_calibration(test_y, probabilities, folder: Path) -> float:
+    """calibration.csv and thresholds.csv in `folder`; returns the expected calibration error."""
+    reliability = reliability_table(test_y, probabilities)
+    reliability.to_csv(folder / "calibration.csv", index=False, float_format="%.4f")
+    threshold_table(test_y, probabilities).to_csv(folder / "thresholds.csv", index=False, float_format="%.4f")
+    return expected_calibration_error(reliability)
+
+
 def evaluate(
     params: EvaluateParams, model_path: str | Path, prepared_dir: str | Path,
     metrics_path: str | Path, output_dir: str | Path, figure_dpi: int = 100,
@@ -206,6 +241,8 @@ def evaluate(
                                        folder / FIGURES_DIR / "roc_precision_recall.png", figure_dpi)
         write_figures(params, model, test_x, test_y, probabilities, class_names, matrix,
                       folder / FIGURES_DIR, figure_dpi)
+        metrics["expected_calibration_error"] = write_calibration(test_y, probabilities, folder)
+        write_gradcam_figures(model, test_x, test_y, probabilities, class_names, folder / FIGURES_DIR, figure_dpi)
     published = {name: rounded(value) if isinstance(value, float) else value for name, value in metrics.items()}
     write_json(metrics_path, published)
     return published

@@ -52,49 +52,100 @@ def sample_grid(
     save_figure(figure, path, dpi)
 
 
-def training_curves(history: dict[str, Sequence[float]], path: str | os.PathLike, dpi: int = 100) -> None:
-    """Accuracy and loss per epoch, training beside validation (the course's two plots)."""
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+def training_curves(history: dict[str, Sequence[float]], path: str | os.PathLike, dpi: int = 100,
+                    best_epoch: int | None = None) -> None:
+    """Accuracy and loss per epoch, training beside validation (the course's two plots), with
+    the best epoch (the one saved as the model) marked."""
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
     for axis, metric in zip(axes, ("accuracy", "loss")):
         for prefix, label in (("", "train"), ("val_", "validation")):
             values = history.get(prefix + metric)
             if values:
                 axis.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=label)
+        if best_epoch:
+            axis.axvline(best_epoch, color="grey", linestyle="--", linewidth=1,
+                         label=f"best epoch ({best_epoch}): the saved model")
         axis.set_title(metric.capitalize())
         axis.set_xlabel("epoch")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
-        axis.legend()
+        axis.legend(fontsize=9)
     save_figure(figure, path, dpi)
+
+
+# Confusion matrix geometry: cells from 1.5 in (up to 5 classes) down to 0.12 in (from 67 classes),
+# so the matrix stays within 8 to 12 in (GitHub scales wider images down to its page width).
+CELL_LIMITS, MATRIX_INCHES = (0.12, 1.5), 8.0
+# Counts are written in the cells only down to this font size (points).
+MIN_CELL_FONT = 5.0
+
+
+def cell_font_size(cell_inches: float, largest: int) -> float:
+    """The largest font (points) whose `largest` count fits a cell: digits are about 0.6 em wide."""
+    cell_points = cell_inches * 72
+    return min(12.0, 0.55 * cell_points, 0.8 * cell_points / (0.6 * len(str(largest))))
+
+
+def draw_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str]):
+    """One matrix: counts in the cells (zeros blank), colour = share of the actual class (the
+    row-normalized recall), so that rare and frequent classes read on one scale. Fonts follow
+    the cell size; counts are left out when they would be too small to read; x labels turn
+    vertical when horizontal ones would overlap. Returns the figure."""
+    matrix = np.asarray(matrix)
+    classes = len(class_names)
+    totals = matrix.sum(axis=1, keepdims=True)
+    shares = np.divide(matrix, totals, out=np.zeros(matrix.shape, dtype=float), where=totals > 0)
+    cell = float(np.clip(MATRIX_INCHES / max(classes, 1), *CELL_LIMITS))
+    label_font = min(10.0, 0.75 * cell * 72)
+    longest = max(len(name) for name in class_names)
+    margin = min(3.5, 0.6 + longest * label_font / 72 * 0.6)  # room for the labels, in inches
+    side = cell * classes
+    figure = plt.figure(figsize=(side + margin + 1.6, side + margin + 0.8))
+    axis = figure.add_axes((margin / (side + margin + 1.6), margin / (side + margin + 0.8),
+                            side / (side + margin + 1.6), side / (side + margin + 0.8)))
+    image = axis.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ticks = range(classes)
+    axis.set_xticks(ticks, class_names, fontsize=label_font)
+    axis.set_yticks(ticks, class_names, fontsize=label_font)
+    axis.set_xlabel("predicted", fontsize=max(label_font, 9))
+    axis.set_ylabel("actual", fontsize=max(label_font, 9))
+    font = cell_font_size(cell, int(matrix.max()) if matrix.size else 0)
+    if font >= MIN_CELL_FONT:
+        for (row, column), count in np.ndenumerate(matrix):
+            if count:
+                axis.text(column, row, str(count), ha="center", va="center", fontsize=font,
+                          color="white" if shares[row, column] > 0.5 else "black")
+    colour_bar = figure.colorbar(image, ax=axis, fraction=0.04, pad=0.02)
+    colour_bar.set_label("share of the actual class", fontsize=9)
+    title = "Confusion matrix (test set): counts" if font >= MIN_CELL_FONT else \
+        f"Confusion matrix (test set, {classes} classes: counts left out)"
+    axis.set_title(title, fontsize=11)
+    if _labels_overlap(figure, axis.get_xticklabels()):
+        axis.set_xticks(ticks, class_names, fontsize=label_font, rotation=90)
+    return figure
+
+
+def _labels_overlap(figure, labels) -> bool:
+    renderer = figure.canvas.get_renderer()
+    boxes = sorted((label.get_window_extent(renderer) for label in labels if label.get_text()),
+                   key=lambda box: box.x0)
+    return any(left.x1 > right.x0 for left, right in zip(boxes, boxes[1:]))
 
 
 def confusion_matrix_figure(
     matrix: np.ndarray, class_names: Sequence[str], path: str | os.PathLike, dpi: int = 100
 ) -> None:
-    """Counts (left) and row-normalized recall per true class (right), numbers in the cells."""
-    matrix = np.asarray(matrix)
-    totals = matrix.sum(axis=1, keepdims=True)
-    normalized = np.divide(matrix, totals, out=np.zeros(matrix.shape, dtype=float), where=totals > 0)
-    size = max(4.0, 0.55 * len(class_names) + 2)
-    figure, axes = plt.subplots(1, 2, figsize=(2 * size + 1, size))
-    for axis, values, title, fmt in (
-        (axes[0], matrix, "Counts", "d"),
-        (axes[1], normalized, "Row-normalized (recall)", ".2f"),
-    ):
-        axis.imshow(values, cmap="Blues")
-        ticks = range(len(class_names))
-        axis.set_xticks(ticks, class_names, rotation=45, ha="right")
-        axis.set_yticks(ticks, class_names)
-        axis.set_xlabel("predicted")
-        axis.set_ylabel("actual")
-        axis.set_title(title)
-        threshold = values.max() / 2 if values.size else 0
-        if len(class_names) <= 20:
-            for (row, column), value in np.ndenumerate(values):
-                axis.text(column, row, format(value, fmt), ha="center", va="center", fontsize=7,
-                          color="white" if value > threshold else "black")
-    save_figure(figure, path, dpi)
+    save_figure(draw_confusion_matrix(matrix, class_names), path, dpi)
 
+
+def _frame(axis, colour: str = "black") -> None:
+    """Ticks off, a thin frame on: images on a white page stay apart."""
+    axis.set_xticks([])
+    axis.set_yticks([])
+    for spine in axis.spines.values():
+        spine.set_visible(True)
+        spine.set_color(colour)
+        spine.set_linewidth(1.5)
 
 
 def misclassified_grid(
@@ -103,15 +154,17 @@ def misclassified_grid(
 ) -> None:
     """Test images the model got wrong, in the given order, each titled true / predicted (confidence)."""
     rows = -(-len(images) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.9, rows * 2.1), squeeze=False,
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * 2.0, rows * 2.4), squeeze=False,
                                 layout="constrained")
     for index, axis in enumerate(axes.flat):
         axis.axis("off")
         if index < len(images):
+            axis.axis("on")
             _show_image(axis, np.asarray(images[index], dtype=np.float32))
+            _frame(axis, "tab:red")
             axis.set_title(f"true: {actual[index]}\npredicted: {predicted[index]}\n"
-                           f"({confidences[index]:.0%})", fontsize=8)
-    figure.suptitle("Misclassified test images, most confident mistakes first")
+                           f"({confidences[index]:.0%})", fontsize=10)
+    figure.suptitle("Misclassified test images, most confident mistakes first", fontsize=13)
     save_figure(figure, path, dpi)
 
 
@@ -119,25 +172,87 @@ def feature_maps_figure(
     image: np.ndarray, class_name: str, layer_maps: Sequence[tuple[str, np.ndarray]],
     path: str | os.PathLike, max_channels: int = 16, dpi: int = 100, columns: int = 8,
 ) -> None:
-    """One test image and, below it, the activation map of each channel of each layer."""
+    save_figure(draw_feature_maps(image, class_name, layer_maps, max_channels, columns), path, dpi)
+
+
+def draw_feature_maps(image: np.ndarray, class_name: str, layer_maps: Sequence[tuple[str, np.ndarray]],
+                      max_channels: int = 16, columns: int = 8):
+    """One test image and, below it, the first `max_channels` activation maps of each layer, on
+    one colour scale per layer (its colour bar at the row's end), labelled with the channels
+    shown out of the layer's total."""
     blocks = [-(-min(maps.shape[-1], max_channels) // columns) for _, maps in layer_maps]
-    figure, axes = plt.subplots(1 + sum(blocks), columns, figsize=(columns * 1.2, (1 + sum(blocks)) * 1.3),
+    figure, axes = plt.subplots(1 + sum(blocks), columns, figsize=(columns * 1.3, (1 + sum(blocks)) * 1.4),
                                 squeeze=False, layout="constrained")
     for axis in axes.flat:
         axis.axis("off")
     _show_image(axes[0, 0], np.asarray(image, dtype=np.float32))
     axes[0, 0].axis("on")
-    axes[0, 0].set_title(f"input ({class_name})", fontsize=8)
+    axes[0, 0].set_title(f"input ({class_name})", fontsize=9)
     row = 1
     for (name, maps), block in zip(layer_maps, blocks):
-        for channel in range(min(maps.shape[-1], max_channels)):
+        shown = min(maps.shape[-1], max_channels)
+        low, high = float(maps[..., :shown].min()), float(maps[..., :shown].max())
+        for channel in range(shown):
             axis = axes[row + channel // columns, channel % columns]
-            axis.imshow(maps[..., channel], cmap="viridis")
-            axis.set_title(f"channel {channel}", fontsize=6)
-        axes[row, 0].text(-0.1, 0.5, f"{name}\n{maps.shape[0]}x{maps.shape[1]}x{maps.shape[2]}",
-                          transform=axes[row, 0].transAxes, ha="right", va="center", fontsize=8)
+            axis.axis("on")
+            drawn = axis.imshow(maps[..., channel], cmap="viridis", vmin=low, vmax=high)
+            _frame(axis, "grey")
+            axis.set_title(f"channel {channel + 1}", fontsize=8)
+        figure.colorbar(drawn, ax=axes[row:row + block, :], fraction=0.02, pad=0.01, label="activation")
+        axes[row, 0].set_ylabel(f"{name}\n{maps.shape[0]}x{maps.shape[1]}\nchannels 1-{shown}\nof {maps.shape[-1]}",
+                                rotation=0, ha="right", va="center", fontsize=9)
         row += block
-    figure.suptitle("Feature maps: activations of the first convolutional layers")
+    figure.suptitle("Feature maps: activations of the first convolutional layers, one colour scale per layer",
+                    fontsize=12)
+    return figure
+
+
+def reliability_diagram(table, ece: float, binning: str, path: str | os.PathLike, dpi: int = 100) -> None:
+    """Accuracy against mean confidence per confidence bin (left; the diagonal is perfect
+    calibration) and the test images per bin (right)."""
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4.2), layout="constrained")
+    width = (table["bin_high"] - table["bin_low"]).to_numpy()
+    centres = ((table["bin_low"] + table["bin_high"]) / 2).to_numpy()
+    axes[0].bar(centres, table["accuracy"], width=width, edgecolor="black", color="tab:blue", label="accuracy")
+    gap = (table["confidence"] - table["accuracy"]).to_numpy()
+    axes[0].bar(centres, np.abs(gap), bottom=np.minimum(table["confidence"], table["accuracy"]), width=width,
+                fill=False, hatch="//", edgecolor="tab:red", label="gap to the mean confidence")
+    axes[0].plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+    axes[0].set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (probability of the predicted class)",
+                ylabel="accuracy", title=f"Reliability diagram: ECE {ece:.4f}")
+    axes[0].legend(loc="upper left", fontsize=9)
+    axes[1].bar(centres, table["images"], width=width, edgecolor="black", color="tab:grey")
+    axes[1].set(xlim=(0, 1), xlabel="confidence", ylabel="test images", title="Test images per bin")
+    for axis in axes:
+        axis.grid(alpha=0.3)
+    figure.suptitle(f"Calibration ({binning})", fontsize=11)
+    save_figure(figure, path, dpi)
+
+
+def gradcam_grid(images: np.ndarray, heat_maps: np.ndarray, titles: Sequence[str], title: str,
+                 path: str | os.PathLike, dpi: int = 100, columns: int = 5, frame: str = "black") -> None:
+    """Each image in grey with its Grad-CAM heat map over it (one 0-1 scale, colour bar at the side)."""
+    rows = -(-len(images) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * 2.0, rows * 2.3 + 0.4), squeeze=False,
+                                layout="constrained")
+    colours = matplotlib.colormaps["jet"]
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, image, heat, caption in zip(axes.flat, images, heat_maps, titles):
+        axis.axis("on")
+        grey = np.asarray(image, dtype=np.float32).mean(axis=-1)
+        span = float(grey.max() - grey.min()) or 1.0
+        unit = (grey - grey.min()) / span
+        axis.imshow(unit, cmap="gray_r" if unit.mean() < 0.5 else "gray", vmin=0.0, vmax=1.0)
+        # Opacity follows the heat: the image stays visible where the model did not look.
+        overlay = colours(np.clip(heat, 0.0, 1.0))
+        overlay[..., 3] = 0.15 + 0.6 * np.clip(heat, 0.0, 1.0)
+        axis.imshow(overlay)
+        _frame(axis, frame)
+        axis.set_title(caption, fontsize=10)
+    scale = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0.0, 1.0), colours)
+    figure.colorbar(scale, ax=axes, fraction=0.02, pad=0.01, label="Grad-CAM (1 = strongest)")
+    figure.suptitle(title, fontsize=13)
     save_figure(figure, path, dpi)
 
 

@@ -8,6 +8,7 @@ by `evaluate` into reports/evaluation/figures/ and linked from here.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -18,20 +19,24 @@ from typing import Any
 
 import pandas as pd
 
-from stages import plots
-from stages.config import ReportParams
+from stages import compare, plots
+from stages.calibration import BINNING
+from stages.config import Params, ReportParams
 from stages.diagnosis import diagnose_fit
+from stages.errors import CnnlabError
 from stages.io import atomic_dir, read_json, require_file, write_text
+from stages.params_text import flatten, show
 
 FIGURES_DIR = "figures"
 # DVCLive's Keras callback logs `loss` as train/loss and `val_loss` as eval/loss.
 LIVE_SPLITS = {"train": "", "eval": "val_"}
-# Figures drawn by `evaluate` (file in reports/evaluation/figures/, title), in report order.
-EVALUATION_FIGURES = {
-    "confusion_matrix.png": "Confusion matrix (test set)",
-    "misclassified.png": "Misclassified test images",
-    "roc_precision_recall.png": "ROC and precision-recall curves",
-}
+# The metrics of the first screen (those present), in this order; the rest are one click away.
+HEADLINE_METRICS = ("accuracy", "f1_macro", "loss", "top_k_accuracy", "expected_calibration_error",
+                    "roc_auc", "average_precision", "test_images")
+# The most-confused table lists at most this many (actual, predicted) pairs.
+CONFUSED_PAIRS = 10
+# Below this many validation images, one image moves validation accuracy by more than 1 point.
+SMALL_VALIDATION_SET = 100
 
 
 @dataclass(frozen=True)
@@ -56,27 +61,6 @@ def load_history(live_dir: str | Path) -> dict[str, list[float]]:
 
 def markdown_table(table: pd.DataFrame, float_format: str = ".4f") -> str:
     return table.to_markdown(index=False, floatfmt=float_format)
-
-
-def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}, "c": [{"d": 2}]} -> {"a.b": 1, "c.0.d": 2}, in the mapping's own order."""
-    flat = {}
-    for key, value in values.items():
-        if isinstance(value, (list, tuple)) and any(isinstance(item, Mapping) for item in value):
-            value = {str(index): item for index, item in enumerate(value)}
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + str(key)] = value
-    return flat
-
-
-def show(value: Any) -> str:
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(show(item) for item in value) + "]"
-    return "none" if value is None else str(value)
 
 
 def is_regularizer(key: str) -> bool:
@@ -138,10 +122,24 @@ def model_summary_section(summary: dict) -> str | None:
 
 
 def parameters_section(summary: dict) -> str | None:
-    """Every params value training used (augment, model, train groups), as recorded by train."""
-    params = summary.get("params", {})
-    rows = [(key, show(value)) for key, value in flatten(params).items()]
-    return markdown_table(pd.DataFrame(rows, columns=["key", "value"])) if rows else None
+    """The training params that differ from cnnlab's defaults, then every value inside a
+    collapsed block (augment, model, train groups, as recorded by train)."""
+    used = flatten(summary.get("params", {}))
+    if not used:
+        return None
+    defaults = flatten(dataclasses.asdict(Params()))
+    changed = [(key, show(value), show(defaults[key]) if key in defaults else "(not a cnnlab param)")
+               for key, value in used.items() if key not in defaults or show(defaults[key]) != show(value)]
+    body = (markdown_table(pd.DataFrame(changed, columns=["key", "value", "cnnlab default"]))
+            if changed else "Every training param has cnnlab's default value.")
+    everything = markdown_table(pd.DataFrame([(key, show(value)) for key, value in used.items()],
+                                             columns=["key", "value"]))
+    return f"{body}\n\n" + collapsed("All params used for training", everything)
+
+
+def collapsed(summary: str, body: str) -> str:
+    """A block GitHub shows closed; the blank lines let Markdown tables inside it render."""
+    return f"<details><summary>{summary}</summary>\n\n{body}\n\n</details>"
 
 
 def metrics_section(metrics: dict) -> str:
@@ -155,7 +153,106 @@ def metrics_section(metrics: dict) -> str:
         index=False, colalign=("left", "right"), disable_numparse=True)
 
 
-def diagnosis_section(params: ReportParams, history: dict, summary: dict) -> str:
+# --- the base revision ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Comparison:
+    """This run against the base revision's committed test results (compare's significance rules)."""
+
+    rev: str
+    test: compare.PairedTest | None
+    metrics: pd.DataFrame     # compare.metrics_diff
+    per_class: pd.DataFrame   # compare.per_class_f1_diff
+    base_per_class: dict[str, dict]
+
+
+def in_repository(path: Path) -> Path | None:
+    """`path` relative to the working directory (the repository root when DVC runs the stage)."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()) if path.is_absolute() else path
+    except ValueError:
+        return None
+
+
+def compare_with_base(rev: str, inputs: ReportInputs, metrics: dict, per_class: pd.DataFrame,
+                      rows: pd.DataFrame | None) -> Comparison | None:
+    """This run against `rev`, or None when there is no such revision (or no git and DVC
+    repository here) or it has no committed test metrics."""
+    paths = [in_repository(path) for path in (inputs.metrics_path, inputs.evaluation_dir / "per_class.csv",
+                                             inputs.evaluation_dir / "confusion.csv")]
+    if not rev or None in paths:
+        return None
+    try:
+        read = compare.revision_reader(rev)
+        old_metrics = compare.read_json_at(read, paths[0])
+    except CnnlabError:  # no git repository here, or no such revision
+        return None
+    if not old_metrics:
+        return None
+    old_per_class, old_rows = compare.per_class_at(read, paths[1]), compare.read_table_at(read, paths[2])
+    test = compare.paired_test(old_rows, rows)
+    new_per_class = {str(row.pop("class")): row for row in per_class.to_dict("records")}
+    return Comparison(rev, test, compare.metrics_diff(old_metrics, metrics, test),
+                      compare.per_class_f1_diff(old_per_class, new_per_class, compare.per_class_tests(old_rows, rows)),
+                      old_per_class)
+
+
+# --- sections -----------------------------------------------------------------------------------
+def headline_section(metrics: dict, comparison: Comparison | None) -> str:
+    """The verdict against the base revision (when there is one) and the headline metrics."""
+    if comparison is None:
+        shown = {name: metrics[name] for name in HEADLINE_METRICS if name in metrics}
+        return metrics_section({**shown, **({"top_k": metrics["top_k"]} if "top_k" in metrics else {})})
+    verdict = compare.verdict_summary(comparison.metrics, comparison.per_class, comparison.test, markdown=True)
+    rows = comparison.metrics.set_index("metric")
+    table = rows.loc[[name for name in HEADLINE_METRICS if name in rows.index]].reset_index()
+    table = table.rename(columns={"old": comparison.rev, "new": "this run"})
+    return f"{verdict}\n\n{compare.format_table(table, markdown=True)}"
+
+
+def per_class_section(per_class: pd.DataFrame, comparison: Comparison | None) -> str:
+    """Precision, recall, F1 and support per class; with a base revision, each score's change and
+    the F1 verdict of McNemar's test on that class's images."""
+    rows = []
+    base = comparison.base_per_class if comparison else {}
+    verdicts = dict(zip(comparison.per_class["class"], comparison.per_class["verdict"])) if comparison else {}
+    for record in per_class.to_dict("records"):
+        row = {"class": record["class"]}
+        for column in ("precision", "recall", "f1"):
+            row[column] = f"{record[column]:.4f}"
+            if comparison:
+                before = base.get(record["class"], {}).get(column)
+                row[f"{column} change"] = "" if before is None else f"{record[column] - before:+.4f}"
+        row["support"] = str(record["support"])
+        if comparison:
+            row["F1 verdict"] = {"worse": "**worse**"}.get(verdicts.get(record["class"], ""),
+                                                        verdicts.get(record["class"], ""))
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    return table.to_markdown(index=False, disable_numparse=True,
+                             colalign=["left"] + ["right"] * (len(table.columns) - 1 - bool(comparison))
+                             + (["left"] if comparison else []))
+
+
+def most_confused(rows: pd.DataFrame, at_most: int = CONFUSED_PAIRS) -> pd.DataFrame:
+    """The (actual, predicted) pairs with the most mistakes, with the share of the actual class."""
+    totals = rows["actual"].value_counts()
+    wrong = rows[rows["actual"] != rows["predicted"]]
+    pairs = wrong.groupby(["actual", "predicted"]).size().reset_index(name="count")
+    pairs["share of the actual class"] = pairs["count"] / pairs["actual"].map(totals)
+    return pairs.sort_values(["count", "actual", "predicted"], ascending=[False, True, True]).head(at_most)
+
+
+def confused_section(rows: pd.DataFrame | None) -> str:
+    if rows is None:
+        return "Not available: reports/evaluation/confusion.csv is missing."
+    pairs = most_confused(rows)
+    if not len(pairs):
+        return "No test image was misclassified."
+    pairs["share of the actual class"] = [f"{share:.1%}" for share in pairs["share of the actual class"]]
+    return pairs.to_markdown(index=False, disable_numparse=True, colalign=("left", "left", "right", "right"))
+
+
+def diagnosis_section(params: ReportParams, history: dict, summary: dict, meta: dict) -> str:
     diagnosis = diagnose_fit(history, summary.get("best_epoch", 0), params.underfit_error, params.overfit_gap)
     if diagnosis is None:
         return "Not available: the training history has no per-epoch accuracy and val_accuracy."
@@ -168,37 +265,88 @@ def diagnosis_section(params: ReportParams, history: dict, summary: dict) -> str
     note = ("Training accuracy is Keras's running average over each epoch, measured with dropout "
             "(and online augmentation) active, so the training error is slightly pessimistic.")
     table = table.to_markdown(index=False, colalign=("left", "right"), disable_numparse=True)
-    return f"{diagnosis.explanation()}\n\n{table}\n\n{note}"
+    parts = [diagnosis.explanation()]
+    validation = meta.get("splits", {}).get("val")
+    if validation is not None and validation < SMALL_VALIDATION_SET:
+        parts.append(f"**Small validation set**: {validation} images, so one image moves validation "
+                     f"accuracy by {1 / max(validation, 1):.1%}; the best epoch and this diagnosis rest "
+                     f"on few images (use at least {SMALL_VALIDATION_SET}).")
+    parts.append(collapsed("The numbers behind the diagnosis", f"{table}\n\n{note}"))
+    return "\n\n".join(parts)
+
+
+def calibration_section(metrics: dict, reliability_link: str | None) -> str:
+    ece = metrics.get("expected_calibration_error")
+    if ece is None or reliability_link is None:
+        return "Not available: evaluate wrote no calibration table (re-run `dvc repro`)."
+    text = (f"Expected calibration error (ECE): **{ece:.4f}**, over {BINNING}: the mean gap between the "
+            "model's confidence and its accuracy, weighted by test images (0 = confidence means what it says).")
+    return f"{text}\n\n![Reliability diagram]({reliability_link})"
+
+
+def thresholds_section(evaluation_dir: Path, metrics: dict) -> str:
+    path = evaluation_dir / "thresholds.csv"
+    if not path.is_file():
+        return "Not available: evaluate wrote no thresholds table (re-run `dvc repro`)."
+    table = pd.read_csv(path)
+    shown = pd.DataFrame({
+        "abstain below p": [f"{value:.2f}" for value in table["threshold"]],
+        "images classified": [str(value) for value in table["images"]],
+        "coverage": [f"{value:.1%}" for value in table["coverage"]],
+        "accuracy on them": ["" if pd.isna(value) else f"{value:.4f}" for value in table["accuracy"]],
+    })
+    intro = (f"The model answers only when the probability of its predicted class reaches p, and abstains "
+             f"otherwise (accuracy on every test image: {metrics.get('accuracy', float('nan')):.4f}).")
+    return f"{intro}\n\n" + shown.to_markdown(index=False, disable_numparse=True,
+                                               colalign=("right", "right", "right", "right"))
+
+
+def gradcam_section(summary: dict, links: dict[str, str]) -> str:
+    shown = [f"![{title}]({link})" for title, link in links.items()]
+    if shown:
+        return ("Where the model looked: the gradient of the predicted class's score weighs the last "
+                "convolutional feature map (red = regions that raised the score most).\n\n" + "\n\n".join(shown))
+    types = [layer.get("type", "") for layer in summary.get("layers", [])]
+    if summary.get("architecture") == "transfer" or any("Conv" in name for name in types):
+        return "Not drawn: no test image to show."
+    return (f"Not drawn: the model ({show(summary.get('architecture'))}) has no convolutional layer, and "
+            "Grad-CAM weighs a convolutional layer's feature maps.")
 
 
 def relative_link(target: Path, markdown_path: Path) -> str:
     return Path(os.path.relpath(target.resolve(), markdown_path.parent.resolve())).as_posix()
 
 
-def write_figures(inputs: ReportInputs, output_path: Path, folder: Path, dpi: int) -> dict[str, str]:
+def image(links: dict[str, str], name: str, title: str) -> str:
+    """The figure `name` as a Markdown image, or "" when it was not drawn."""
+    return f"![{title}]({links[name]})" if name in links else ""
+
+
+def write_figures(inputs: ReportInputs, summary: dict, metrics: dict, output_path: Path, folder: Path,
+                  dpi: int) -> dict[str, str]:
     """Draw or copy the report's own figures into `folder` (published as figures/ next to the
-    Markdown) and link those `evaluate` drew; return {title: link} in report order."""
-    figures = {}
+    Markdown) and link those `evaluate` drew; return {file name: link}."""
+    links = {}
     history = load_history(inputs.live_dir)
     if history:
-        plots.training_curves(history, folder / "training_curves.png", dpi)
-        figures["Training and validation accuracy and loss per epoch"] = f"{FIGURES_DIR}/training_curves.png"
-    evaluation_figures = inputs.evaluation_dir / FIGURES_DIR
-    for name, title in EVALUATION_FIGURES.items():
-        if (evaluation_figures / name).is_file():
-            figures[title] = relative_link(evaluation_figures / name, output_path)
+        plots.training_curves(history, folder / "training_curves.png", dpi, summary.get("best_epoch"))
+        links["training_curves.png"] = f"{FIGURES_DIR}/training_curves.png"
+    reliability = inputs.evaluation_dir / "calibration.csv"
+    if reliability.is_file() and "expected_calibration_error" in metrics:
+        plots.reliability_diagram(pd.read_csv(reliability), metrics["expected_calibration_error"], BINNING,
+                                  folder / "reliability.png", dpi)
+        links["reliability.png"] = f"{FIGURES_DIR}/reliability.png"
+    for drawn in sorted((inputs.evaluation_dir / FIGURES_DIR).glob("*.png")):
+        links[drawn.name] = relative_link(drawn, output_path)
     # data/ is DVC-cached, not committed: copy its figures so the report renders in the PR.
-    copies = [(inputs.prepared_dir / "samples.png", "samples.png", "Sample training images")]
+    copies = [(inputs.prepared_dir / "samples.png", "samples.png")]
     if inputs.augmented_dir is not None:
-        copies.append((inputs.augmented_dir / "preview.png", "augmentation_preview.png", "Augmentation preview"))
-    for source, name, title in copies:
+        copies.append((inputs.augmented_dir / "preview.png", "augmentation_preview.png"))
+    for source, name in copies:
         if source.is_file():
             shutil.copyfile(source, folder / name)
-            figures[title] = f"{FIGURES_DIR}/{name}"
-    if (evaluation_figures / "feature_maps.png").is_file():
-        figures["Feature maps of the first convolutional layers (one test image)"] = relative_link(
-            evaluation_figures / "feature_maps.png", output_path)
-    return figures
+            links[name] = f"{FIGURES_DIR}/{name}"
+    return links
 
 
 def report(params: ReportParams, inputs: ReportInputs, output_path: str | Path) -> str:
@@ -210,23 +358,47 @@ def report(params: ReportParams, inputs: ReportInputs, output_path: str | Path) 
     per_class = pd.read_csv(
         require_file(inputs.evaluation_dir / "per_class.csv", "per-class table"), dtype={"class": str}
     )
+    confusion = inputs.evaluation_dir / "confusion.csv"
+    rows = pd.read_csv(confusion, dtype=str) if confusion.is_file() else None
     history = load_history(inputs.live_dir)
+    comparison = compare_with_base(params.base_rev, inputs, metrics, per_class, rows)
 
     with atomic_dir(output_path.parent / FIGURES_DIR) as folder:
-        figures = write_figures(inputs, output_path, folder, params.figure_dpi)
+        links = write_figures(inputs, summary, metrics, output_path, folder, params.figure_dpi)
 
-    optional = [("### Model summary", model_summary_section(summary)),
-                ("### Parameters used for training", parameters_section(summary))]
+    against = f" (against `{comparison.rev}`)" if comparison else ""
     sections = [
         f"# {params.title}",
+        f"## Test results{against}", headline_section(metrics, comparison),
+        collapsed("All test metrics", metrics_section(metrics)),
+        "## Fit diagnosis", diagnosis_section(params, history, summary, meta),
+        image(links, "training_curves.png", "Training and validation accuracy and loss per epoch; the dashed line is "
+               "the best epoch, the one saved as the model"),
+        "## Where the model errs",
+        "### Per-class precision, recall and F1", per_class_section(per_class, comparison),
+        "### Confusion matrix (test set)", image(links, "confusion_matrix.png", "Confusion matrix (test set)"),
+        "### Most confused class pairs", confused_section(rows),
+        "### Misclassified test images", image(links, "misclassified.png", "Misclassified test images")
+        or "No test image was misclassified.",
+        "## Can its confidence be trusted?",
+        "### Calibration", calibration_section(metrics, links.get("reliability.png")),
+        "### Confidence thresholding", thresholds_section(inputs.evaluation_dir, metrics),
+        "### Grad-CAM", gradcam_section(summary, {
+            title: links[name] for name, title in (
+                ("gradcam_mistakes.png", "Grad-CAM over the most confident mistakes"),
+                ("gradcam_correct.png", "Grad-CAM over one correct image per class")) if name in links}),
         "## What was trained", training_section(meta, summary),
-        *(part for heading, body in optional if body for part in (heading, body)),
-        "## Test metrics", metrics_section(metrics),
-        "## Per-class precision, recall and F1", markdown_table(per_class),
-        "## Fit diagnosis", diagnosis_section(params, history, summary),
-        "## Figures",
-        *(f"### {title}\n\n![{title}]({link})" for title, link in figures.items()),
+        *(part for heading, body in (("### Model summary", model_summary_section(summary)),
+                                     ("### Params that differ from cnnlab's defaults", parameters_section(summary)))
+          if body for part in (heading, body)),
+        "## More figures",
+        *(f"### {title}\n\n{image(links, name, title)}" for name, title in (
+            ("roc_precision_recall.png", "ROC and precision-recall curves"),
+            ("samples.png", "Sample training images"),
+            ("augmentation_preview.png", "Augmentation preview"),
+            ("feature_maps.png", "Feature maps of the first convolutional layers (one test image)"))
+          if name in links),
     ]
-    markdown = "\n\n".join(sections) + "\n"
+    markdown = "\n\n".join(section for section in sections if section) + "\n"
     write_text(output_path, markdown)
     return markdown

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from stages.config import EvaluateParams, ModelParams
 from stages.io import save_array
@@ -67,7 +68,8 @@ def test_evaluate_writes_metrics_tables_and_figures(tmp_path):
 
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     assert list(metrics) == ["accuracy", "loss", "top_k_accuracy", "precision_macro", "recall_macro", "f1_macro",
-                             "precision_weighted", "recall_weighted", "f1_weighted", "top_k", "test_images"]
+                             "precision_weighted", "recall_weighted", "f1_weighted", "top_k", "test_images",
+                             "expected_calibration_error"]
     predicted = model.predict(test_x, verbose=0).argmax(axis=1)
     assert metrics["accuracy"] == pytest.approx(np.mean(predicted == test_y), rel=1e-3)  # 4 significant digits
     assert metrics["test_images"] == 48 and metrics["top_k"] == 2
@@ -83,12 +85,42 @@ def test_evaluate_writes_metrics_tables_and_figures(tmp_path):
     assert per_class["class"].tolist() == class_names and per_class["support"].tolist() == [16, 16, 16]
     assert per_class["f1"].mean() == pytest.approx(metrics["f1_macro"], abs=1e-4)
 
+    # Calibration: the bins hold every test image, and their weighted gap is the published ECE.
+    reliability = pd.read_csv(evaluation / "calibration.csv")
+    assert reliability["images"].sum() == 48
+    gap = (reliability["images"] / 48 * (reliability["accuracy"] - reliability["confidence"]).abs()).sum()
+    assert metrics["expected_calibration_error"] == pytest.approx(gap, abs=1e-3)
+    thresholds = pd.read_csv(evaluation / "thresholds.csv")
+    assert thresholds["threshold"].tolist() == [0.5, 0.7, 0.9]
+    assert thresholds["images"].is_monotonic_decreasing and thresholds["images"].iloc[0] <= 48
+
     figures = sorted(path.name for path in (evaluation / "figures").iterdir())
-    expected = ["confusion_matrix.png", "feature_maps.png"] + (["misclassified.png"] if metrics["accuracy"] < 1 else [])
+    wrong = metrics["accuracy"] < 1
+    expected = ["confusion_matrix.png", "feature_maps.png", "gradcam_correct.png"] + (
+        ["gradcam_mistakes.png", "misclassified.png"] if wrong else [])
     assert figures == sorted(expected)
     # Multi-class: micro-averaged curves (DVC plots), no ROC figure.
     roc = pd.read_csv(evaluation / "roc.csv")
     assert roc.columns.tolist() == ["fpr", "tpr"] and roc["tpr"].iloc[-1] == 1.0
+    for name in figures:
+        width, height = Image.open(evaluation / "figures" / name).size
+        assert width > 200 and height > 100, name
+
+
+def test_grad_cam_highlights_where_the_class_evidence_is(tmp_path):
+    from stages.gradcam import feature_map_layer, heat_maps
+
+    model = trained_cnn(tmp_path / "model.keras", num_classes=3, epochs=20)
+    images, labels = tiny_data(3, seed=3)
+    assert feature_map_layer(model).name == [layer.name for layer in model.layers if "conv" in layer.name][-1]
+    heat = heat_maps(model, images[:12], labels[:12])
+    assert heat.shape == (12, 8, 8) and heat.min() >= 0 and heat.max() <= 1 + 1e-6
+    assert np.isclose(heat.reshape(12, -1).max(axis=1), 1).any()
+    # The class is a bright vertical stripe (columns 2k, 2k+1): on average, the heat there exceeds the rest.
+    inside = [heat[index][:, 2 * label: 2 * label + 2].mean() for index, label in enumerate(labels[:12])]
+    outside = [np.delete(heat[index], [2 * label, 2 * label + 1], axis=1).mean()
+               for index, label in enumerate(labels[:12])]
+    assert np.mean(inside) > np.mean(outside)
 
 
 def test_feature_maps_are_the_first_conv_layers_activations(tmp_path):
@@ -131,3 +163,6 @@ def test_model_without_conv_layers_and_no_grid_requested(tmp_path):
     params = EvaluateParams(misclassified_images=0, feature_map_layers=3)
     evaluate(params, tmp_path / "mlp.keras", tmp_path / "prepared", tmp_path / "metrics.json", tmp_path / "out")
     assert sorted(path.name for path in (tmp_path / "out" / "figures").iterdir()) == ["confusion_matrix.png"]
+    from stages.gradcam import heat_maps
+
+    assert heat_maps(keras.saving.load_model(tmp_path / "mlp.keras"), test_x[:2], test_y[:2]) is None
