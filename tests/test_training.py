@@ -162,6 +162,33 @@ def test_summary_dvclive_logs_and_checkpoint_folder(tmp_path):
     assert not list(tmp_path.glob(".*.tmp*"))  # no temporary files left beside the outputs
 
 
+@pytest.mark.parametrize("label_format", ["one_hot", "integer", "binary"])
+def test_in_memory_and_streamed_pipelines_give_the_same_batches(tmp_path, label_format):
+    from stages.optimization import LossChoice
+    from stages.train import batch_reader, evaluation_dataset, training_dataset
+
+    num_classes = 2 if label_format == "binary" else 3
+    prepared = write_prepared(tmp_path, num_classes=num_classes)
+    images = np.load(prepared / "train_x.npy", mmap_mode="r")
+    labels = np.load(prepared / "train_y.npy", mmap_mode="r")
+    loss = LossChoice({"one_hot": "categorical", "integer": "sparse_categorical", "binary": "binary"}[label_format],
+                      label_format)
+    pipelines = {}
+    for in_memory in (True, False):
+        read = batch_reader(images, labels, loss, num_classes, in_memory=in_memory)
+        batches = [*training_dataset(images, labels, 10, 7, range(1, 3), read), *evaluation_dataset(labels, 10, read)]
+        pipelines[in_memory] = [(x.numpy(), y.numpy()) for x, y in batches]
+    steps = -(-len(labels) // 10)
+    assert len(pipelines[True]) == 3 * steps  # two shuffled epochs, then the set in order
+    for (memory_x, memory_y), (stream_x, stream_y) in zip(pipelines[True], pipelines[False], strict=True):
+        np.testing.assert_array_equal(memory_x, stream_x)
+        np.testing.assert_array_equal(memory_y, stream_y)
+        assert memory_y.dtype == stream_y.dtype
+    shuffled, in_order = (np.concatenate([x for x, _ in pipelines[True][start:start + steps]])
+                          for start in (0, 2 * steps))
+    assert not np.array_equal(shuffled, in_order) and np.array_equal(in_order, images)
+
+
 @pytest.mark.parametrize("precision", ["float32", "auto"])
 def test_same_seed_and_params_give_identical_metrics(tmp_path, precision):
     model = {"dense_dropout": 0.3, "batch_norm": True}
