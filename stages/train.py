@@ -204,9 +204,11 @@ def dtype_policy(precision: str):
 def train(
     params: Params, prepared_dir: str | Path, augmented_dir: str | Path, model_path: str | Path,
     summary_path: str | Path, live_dir: str | Path, checkpoint_dir: str | Path, strategy=None,
+    callbacks: tuple = (),
 ) -> dict:
     """Run the stage (resuming from `checkpoint_dir` when it holds this run's state); return
-    the summary written to summary.json. `strategy` defaults to `distribution_strategy()`."""
+    the summary written to summary.json. `strategy` defaults to `distribution_strategy()`;
+    `callbacks` are more Keras callbacks, called after the stage's own (benchmarks use them)."""
     prepared_dir, folder = Path(prepared_dir), Path(checkpoint_dir)
     meta = read_json(prepared_dir / "meta.json", "prepared metadata")
     train_x, train_y = load_training_set(prepared_dir, augmented_dir)
@@ -236,7 +238,7 @@ def train(
         validation = evaluation_dataset(val_y, batch_size, batch_reader(val_x, val_y, loss, num_classes))
         live, live_callback = start_live(folder / LIVE_SCRATCH, state.history)
         augmentation = online_augmentation(augmented_dir)
-        run_phases(model, params, state, folder, steps_per_epoch, loss, live_callback,
+        run_phases(model, params, state, folder, steps_per_epoch, loss, [live_callback, *callbacks],
                    lambda epochs: training_dataset(train_x, train_y, batch_size, params.seed, epochs,
                                                    read_train, augmentation),
                    validation)
@@ -276,8 +278,9 @@ def training_summary(params: Params, model, state: TrainingState, train_images: 
 
 
 def run_phases(model, params: Params, state: TrainingState, folder: Path, steps_per_epoch: int,
-               loss: LossChoice, live_callback, make_training_set, validation) -> None:
-    """Fit the remaining epochs of the current phase, then of fine-tuning if there is one."""
+               loss: LossChoice, last_callbacks: list, make_training_set, validation) -> None:
+    """Fit the remaining epochs of the current phase, then of fine-tuning if there is one;
+    `last_callbacks` (DVCLive's, ...) run after the checkpointer."""
     train = params.train
     last_phase = FINE_TUNING if train.fine_tune_epochs else TRAINING
     while True:
@@ -286,7 +289,7 @@ def run_phases(model, params: Params, state: TrainingState, folder: Path, steps_
             plateau = plateau_callback(train, state.plateau) if state.phase == TRAINING else None
             checkpointer = make_checkpointer(folder, state, train.monitor, train.min_delta, train.patience,
                                              last_epoch, plateau)
-            callbacks = [learning_rate_logger(), *([plateau] if plateau else []), checkpointer, live_callback]
+            callbacks = [learning_rate_logger(), *([plateau] if plateau else []), checkpointer, *last_callbacks]
             model.fit(
                 make_training_set(range(state.epochs_done, last_epoch)), validation_data=validation,
                 initial_epoch=state.epochs_done, epochs=last_epoch, steps_per_epoch=steps_per_epoch,
