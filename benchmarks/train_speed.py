@@ -1,12 +1,17 @@
-"""Training speed: the course's plain Keras script vs `cnnlab train`, side by side in one run.
+"""Training speed: `cnnlab train` vs two plain Keras baselines, side by side in one run.
 
-Both train the course's MNIST CNN (examples/mnist_cnn.yaml: 166,986 parameters on 28x28x1)
-with Adam, batch 128, one-hot labels, for the same epochs on the same prepared arrays
-(Fashion-MNIST when cnnlab can prepare it, scikit-learn's digits otherwise), each in a
-fresh interpreter. Images/second counts training images over the time of the training
-loop (validation included) in both.
+    plain Keras (course script)   model.fit on float64 NumPy arrays, as the course does
+    plain Keras (tf.data f32)     the fast plain loop: float32 arrays in an in-memory tf.data pipeline
+    cnnlab train                  the train stage, with its checkpoints, DVCLive logs and determinism
 
-    .venv/bin/python benchmarks/train_speed.py [--epochs 3] [--rounds 1] [--prepared DIR]
+All three train the course's MNIST CNN (examples/mnist_cnn.yaml: 166,986 parameters on
+28x28x1) with Adam, batch 128, one-hot labels, for the same epochs on the same prepared
+arrays (Fashion-MNIST when cnnlab can prepare it, scikit-learn's digits otherwise), each in
+a fresh interpreter, in turn within each round (the order rotates from round to round, so
+that a neighbour's load spreads over all three). Images/second counts training images over
+the time from the start of training to the end of the last epoch (validation included).
+
+    .venv/bin/python benchmarks/train_speed.py --precision float32 [--epochs 3] [--rounds 3] [--prepared DIR]
 """
 
 from __future__ import annotations
@@ -41,9 +46,12 @@ def prepare_data(work: Path) -> Path:
     raise SystemExit("could not prepare any dataset")
 
 
-def run_plain(prepared: Path, epochs: int) -> dict:
+COURSE, FAST, CNNLAB = "plain Keras (course script)", "plain Keras (tf.data f32)", "cnnlab train"
+
+
+def run_plain(prepared: Path, epochs: int, pipeline: str) -> dict:
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plain_keras.py"), str(prepared),
-                             str(epochs)], env=ENV, capture_output=True, text=True, check=True)
+                             str(epochs), pipeline], env=ENV, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -62,8 +70,9 @@ def run_cnnlab(prepared: Path, work: Path, epochs: int, precision: str | None) -
     if result.returncode != 0:
         raise SystemExit(f"cnnlab train failed:\n{result.stderr}")
     summary = json.loads((work / "summary.json").read_text())
-    history = json.loads((work / "checkpoints" / "state.json").read_text())["history"]
-    return {"seconds": summary["training_seconds"], "images": summary["train_images"] * summary["epochs_run"],
+    state = json.loads((work / "checkpoints" / "state.json").read_text())
+    history = state["history"]
+    return {"seconds": state["seconds"], "images": summary["train_images"] * summary["epochs_run"],
             "params": summary["total_params"], "val_accuracy": history["val_accuracy"][-1],
             "precision": summary["precision"]}
 
@@ -83,21 +92,25 @@ def main() -> None:
         meta = json.loads((prepared / "meta.json").read_text())
         print(f"data: {meta['dataset']}, {meta['splits']['train']:,} training images of "
               f"{'x'.join(map(str, meta['image_shape']))}, {args.epochs} epochs, batch 128")
-        totals = {"plain Keras (course script)": [0.0, 0], "cnnlab train": [0.0, 0]}
+        contenders = {COURSE: lambda: run_plain(prepared, args.epochs, "course"),
+                      FAST: lambda: run_plain(prepared, args.epochs, "tfdata"),
+                      CNNLAB: lambda: run_cnnlab(prepared, work, args.epochs, args.precision)}
+        totals = {name: [0.0, 0] for name in contenders}
+        names = list(contenders)
         for round_number in range(args.rounds):
-            plain = run_plain(prepared, args.epochs)
-            ours = run_cnnlab(prepared, work, args.epochs, args.precision)
-            for name, result in (("plain Keras (course script)", plain), ("cnnlab train", ours)):
+            for name in names[round_number % 3:] + names[:round_number % 3]:
+                result = contenders[name]()
                 totals[name][0] += result["seconds"]
                 totals[name][1] += result["images"]
                 print(f"round {round_number + 1}: {name:28s} {result['images'] / result['seconds']:8,.0f} images/s "
                       f"({result['seconds']:.1f} s, {result['params']:,} params, "
                       f"last val_accuracy {result['val_accuracy']:.4f}"
-                      + (f", precision {result['precision']})" if "precision" in result else ")"))
+                      + (f", precision {result['precision']})" if "precision" in result else ")"), flush=True)
         speeds = {name: images / seconds for name, (seconds, images) in totals.items()}
         for name, speed in speeds.items():
             print(f"{name:28s} {speed:8,.0f} images/s")
-        print(f"ratio cnnlab / plain: {speeds['cnnlab train'] / speeds['plain Keras (course script)']:.2f}x")
+        print(f"ratio cnnlab / course script: {speeds[CNNLAB] / speeds[COURSE]:.2f}x")
+        print(f"ratio cnnlab / plain tf.data float32: {speeds[CNNLAB] / speeds[FAST]:.2f}x")
 
 
 if __name__ == "__main__":

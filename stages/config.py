@@ -237,7 +237,7 @@ APPLICATIONS = {
     "densenet121": ("DenseNet121", "torch", 32),
 }
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw", "nadam")
-SCHEDULES = ("constant", "exponential", "step", "cosine", "plateau")
+SCHEDULES = ("constant", "exponential", "step", "cosine", "one_cycle", "plateau")
 LOSSES = ("auto", "categorical", "sparse_categorical", "binary")
 MONITORS = ("val_accuracy", "val_loss", "accuracy", "loss")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
@@ -407,6 +407,15 @@ class ModelParams:
         False, Boolean(),
         "BatchNormalization between each hidden conv/dense layer and its activation",
     )
+    residual: bool = param(
+        False, Boolean(),
+        "cnn: every conv block after the first is a residual block: two convolutions with "
+        "BatchNormalization added to the block's input (needs batch_norm and same padding)",
+    )
+    separable: bool = param(
+        False, Boolean(),
+        "cnn: depthwise-separable convolutions (SeparableConv2D) in every conv block after the first",
+    )
     conv_dropout: float | tuple[float, ...] = param(
         0.0, PerBlock(Interval(float, 0, 1, high_open=True)),
         "cnn: dropout rate at the end of each conv block (0 = none)",
@@ -457,6 +466,12 @@ class ModelParams:
                 "model.dense_dropout", f"one value, or a list of {len(self.dense_units)} (one per "
                 "entry of model.dense_units)", list(dropout), source,
             )
+        if self.residual and not self.batch_norm:
+            raise bad_value("model.batch_norm", "true when model.residual is true (residual blocks "
+                            "normalize each convolution)", self.batch_norm, source)
+        if self.residual and "valid" in per_block(self.padding, blocks)[1:]:
+            raise bad_value("model.padding", "'same' for every block after the first when model.residual "
+                            "is true (the sum needs the input's size)", self.padding, source)
         if self.architecture == "transfer" and self.base_model is None:
             raise bad_value(
                 "model.base_model", "a Keras Applications name or a .keras path when "
@@ -482,8 +497,9 @@ class TrainParams:
     schedule: str = param(
         "constant", OneOf(*SCHEDULES),
         "learning-rate schedule: constant; exponential (x decay_rate every decay_epochs, smoothly); "
-        "step (the same in steps); cosine (to min_learning_rate at the last epoch); "
-        "plateau (x decay_rate when the monitor stalls for plateau_patience epochs)",
+        "step (the same in steps); cosine (to min_learning_rate at the last epoch); one_cycle "
+        "(from learning_rate / 25 up to learning_rate over warmup_epochs, then cosine down to "
+        "min_learning_rate); plateau (x decay_rate when the monitor stalls for plateau_patience epochs)",
     )
     decay_rate: float = param(
         0.5, Interval(float, 0, 1, low_open=True, high_open=True),
@@ -491,10 +507,11 @@ class TrainParams:
     )
     decay_epochs: int = param(10, Interval(int, 1, 10000), "exponential, step: epochs per decay")
     warmup_epochs: int = param(
-        0, Interval(int, 0, 10000), "cosine: epochs of linear warm-up from 0 to learning_rate"
+        0, Interval(int, 0, 10000),
+        "cosine: epochs of linear warm-up from 0 to learning_rate; one_cycle: from learning_rate / 25",
     )
     min_learning_rate: float = param(
-        0.0, Interval(float, 0, 10), "cosine: final learning rate; plateau: lowest learning rate"
+        0.0, Interval(float, 0, 10), "cosine, one_cycle: final learning rate; plateau: lowest learning rate"
     )
     plateau_patience: int = param(
         2, Interval(int, 1, 10000), "plateau: epochs without improvement before decaying"
@@ -543,9 +560,12 @@ class TrainParams:
     )
 
     def check(self, source: str) -> None:
-        if self.warmup_epochs and self.schedule != "cosine":
-            raise bad_value("train.warmup_epochs", "0 unless train.schedule is 'cosine'",
+        if self.warmup_epochs and self.schedule not in ("cosine", "one_cycle"):
+            raise bad_value("train.warmup_epochs", "0 unless train.schedule is 'cosine' or 'one_cycle'",
                             self.warmup_epochs, source)
+        if self.schedule == "one_cycle" and not self.warmup_epochs:
+            raise bad_value("train.warmup_epochs", "at least 1 when train.schedule is 'one_cycle' (the "
+                            "rising half of the cycle)", self.warmup_epochs, source)
         if self.warmup_epochs >= self.epochs:
             raise bad_value("train.warmup_epochs", f"less than train.epochs ({self.epochs})",
                             self.warmup_epochs, source)
@@ -576,6 +596,11 @@ class EvaluateParams:
     feature_map_layers: int = param(
         2, Interval(int, 0, 16),
         "first convolutional layers whose activations are drawn for one test image (0 = none)",
+    )
+    test_time_flip: bool = param(
+        False, Boolean(),
+        "test-time augmentation: average the predictions for each image and its left-right mirror "
+        "(for data whose mirror images keep their class: clothes, objects; never digits)",
     )
 
 

@@ -139,8 +139,13 @@ def load_model(model_path: str | Path):
     return keras.saving.load_model(require_file(model_path, "trained model"), safe_mode=True)
 
 
-def predict_probabilities(model, images: np.ndarray, batch_size: int) -> np.ndarray:
+def predict_probabilities(model, images: np.ndarray, batch_size: int, flip: bool = False) -> np.ndarray:
+    """Class probabilities (N, classes); with `flip`, the mean over each image and its mirror."""
     probabilities = np.asarray(model.predict(images, batch_size=batch_size, verbose=0), dtype=np.float64)
+    if flip:
+        mirrored = np.asarray(model.predict(np.asarray(images)[:, :, ::-1], batch_size=batch_size, verbose=0),
+                              dtype=np.float64)
+        probabilities = (probabilities + mirrored) / 2
     if probabilities.shape[1] == 1:  # a binary model's single sigmoid unit: P(class 1)
         probabilities = np.hstack([1.0 - probabilities, probabilities])
     # float32 softmax rows sum to 1 only up to rounding; log_loss wants exact probabilities.
@@ -223,7 +228,7 @@ def evaluate(
     test_x, test_y = load_array(prepared_dir / "test_x.npy"), load_array(prepared_dir / "test_y.npy", mmap=False)
     class_names = meta["class_names"]
 
-    probabilities = predict_probabilities(model, test_x, params.batch_size)
+    probabilities = predict_probabilities(model, test_x, params.batch_size, params.test_time_flip)
     predicted = probabilities.argmax(axis=1)
     metrics = classification_metrics(test_y, probabilities, class_names, params.top_k)
     matrix, rows = confusion_tables(test_y, predicted, class_names)

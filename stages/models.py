@@ -5,8 +5,14 @@
     cnn       conv blocks -> Flatten or global average pooling -> Dense blocks -> classifier
     transfer  input adapter -> pretrained base -> pooling -> Dense blocks -> classifier
 
-A conv block is Conv2D [-> BatchNormalization -> Activation] [-> pooling] [-> Dropout]; a
-dense block is Dense [-> BatchNormalization -> Activation] [-> Dropout]. Input shape and
+A conv block is Conv2D [-> BatchNormalization -> Activation] [-> pooling] [-> Dropout]; with
+`model.residual`, every block after the first (the stem) is a residual block instead (He et
+al., 2016, as in the keras-io ResNet examples): two 3x3 convolutions with BatchNormalization
+whose output is added to the block's input (through a 1x1 convolution when the filters or
+strides change), then the activation, [pooling] and [Dropout]. `model.separable` makes those
+convolutions depthwise-separable (SeparableConv2D, MobileNet's building block): about k*k
+times fewer multiplications. A dense block is Dense [-> BatchNormalization -> Activation]
+[-> Dropout]. Input shape and
 class count come from data/prepared/meta.json; the classifier is a softmax over the
 classes, or a single sigmoid unit when there are two.
 """
@@ -65,26 +71,62 @@ def normalized_activation(params: ModelParams, name: str, x):
 
 
 def conv_block(params: ModelParams, index: int, x):
-    """Conv2D [+ BatchNormalization + Activation] [+ pooling] [+ Dropout] for block `index`."""
+    """Block `index`: Conv2D [+ BatchNormalization + Activation], or a residual block, then
+    [+ pooling] [+ Dropout]."""
     from keras import layers
 
     blocks = len(params.conv_filters)
     setting = {name: per_block(getattr(params, name), blocks)[index] for name in (
         "kernel_size", "strides", "padding", "pooling", "pool_size", "pool_padding", "conv_dropout")}
     name = f"conv{index + 1}"
-    x = layers.Conv2D(
-        params.conv_filters[index], setting["kernel_size"], strides=setting["strides"],
-        padding=setting["padding"], activation=None if params.batch_norm else params.activation,
-        name=name, **weight_options(params),
-    )(x)
-    if params.batch_norm:
-        x = normalized_activation(params, name, x)
+    if params.residual and index > 0:
+        x = residual_block(params, name, params.conv_filters[index], setting, x)
+    else:
+        x = convolution(params, index > 0, params.conv_filters[index], setting, name,
+                        activation=None if params.batch_norm else params.activation)(x)
+        if params.batch_norm:
+            x = normalized_activation(params, name, x)
     if setting["pooling"] != "none":
         pool = layers.MaxPooling2D if setting["pooling"] == "max" else layers.AveragePooling2D
         x = pool(setting["pool_size"], padding=setting["pool_padding"], name=f"pool{index + 1}")(x)
     if setting["conv_dropout"]:
         x = layers.Dropout(setting["conv_dropout"], name=f"{name}_dropout")(x)
     return x
+
+
+def convolution(params: ModelParams, after_stem: bool, filters: int, setting: dict, name: str,
+                strides=None, activation=None):
+    """Conv2D, or SeparableConv2D after the first block when `model.separable` is set."""
+    from keras import layers
+
+    options = {"strides": setting["strides"] if strides is None else strides, "padding": setting["padding"],
+               "activation": activation, "name": name}
+    if params.separable and after_stem:
+        regularizer = weight_options(params)
+        return layers.SeparableConv2D(
+            filters, setting["kernel_size"], depthwise_regularizer=regularizer.get("kernel_regularizer"),
+            pointwise_regularizer=regularizer.get("kernel_regularizer"),
+            depthwise_constraint=regularizer.get("kernel_constraint"),
+            pointwise_constraint=regularizer.get("kernel_constraint"), **options)
+    return layers.Conv2D(filters, setting["kernel_size"], **options, **weight_options(params))
+
+
+def residual_block(params: ModelParams, name: str, filters: int, setting: dict, x):
+    """conv-BN-activation-conv-BN, added to the input (projected by a strided 1x1 convolution
+    when the shape changes), then the activation. The first convolution carries the strides."""
+    from keras import layers
+
+    shortcut = x
+    if setting["strides"] != 1 or x.shape[-1] != filters:
+        shortcut = layers.Conv2D(filters, 1, strides=setting["strides"], name=f"{name}_project",
+                                 **weight_options(params))(x)
+        shortcut = layers.BatchNormalization(name=f"{name}_project_bn")(shortcut)
+    x = convolution(params, True, filters, setting, f"{name}a")(x)
+    x = normalized_activation(params, f"{name}a", x)
+    x = convolution(params, True, filters, {**setting, "padding": "same"}, f"{name}b", strides=1)(x)
+    x = layers.BatchNormalization(name=f"{name}b_bn")(x)
+    x = layers.Add(name=f"{name}_add")([shortcut, x])
+    return layers.Activation(params.activation, name=f"{name}_act")(x)
 
 
 def flatten(x, global_pooling: bool):

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from stages.config import TrainParams, bad_value
 
+ONE_CYCLE_DIVISOR = 25.0  # one_cycle starts at learning_rate / 25, as fast.ai's fit_one_cycle
+
 
 @dataclass(frozen=True)
 class LossChoice:
@@ -62,10 +64,12 @@ def make_schedule(params: TrainParams, steps_per_epoch: int):
             rate, decay_steps=params.decay_epochs * steps_per_epoch, decay_rate=params.decay_rate,
             staircase=params.schedule == "step",
         )
-    if params.schedule == "cosine":
+    if params.schedule in ("cosine", "one_cycle"):
+        # one_cycle (Smith, 2018; fast.ai): the warm-up starts at a 25th of the peak, not at 0.
         warmup_steps = params.warmup_epochs * steps_per_epoch
+        start = rate / ONE_CYCLE_DIVISOR if params.schedule == "one_cycle" else 0.0
         return schedules.CosineDecay(
-            0.0 if warmup_steps else rate,
+            start if warmup_steps else rate,
             decay_steps=(params.epochs - params.warmup_epochs) * steps_per_epoch,
             alpha=params.min_learning_rate / rate,
             warmup_target=rate if warmup_steps else None, warmup_steps=warmup_steps,

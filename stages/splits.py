@@ -10,7 +10,6 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from stages.errors import DataError
 
@@ -42,6 +41,8 @@ def stratified_holdout(
     `size` is a fraction or a count of images; every class keeps its share on both sides.
     A split that cannot be stratified is the user's to fix: say which key and why.
     """
+    from sklearn.model_selection import train_test_split  # here: scikit-learn takes seconds to import
+
     indices = np.asarray(indices)
     subset_labels = np.asarray(labels)[indices]
     counts = np.bincount(subset_labels, minlength=len(class_names))

@@ -3,6 +3,7 @@ and (--explain) how each layer's output shape and parameter count follow from th
 
     conv and pooling side   out = (W - F + 2P) / S + 1   (rounded down; "same" pads so out = ceil(W / S))
     Conv2D parameters       filters x (k x k x C_in) + filters
+    SeparableConv2D         k x k x C_in (depthwise) + C_in x filters (pointwise) + filters
     Dense parameters        units x (inputs + 1)
 
 Every computed value is checked against what Keras built.
@@ -77,6 +78,19 @@ def explain_conv(layer, in_shape) -> tuple[list, int, str, str]:
     return [None, height, width, filters], params, shape_text, params_text
 
 
+def explain_separable_conv(layer, in_shape) -> tuple[list, int, str, str]:
+    config = layer.get_config()
+    (height, width), shape_text = spatial_formula(
+        in_shape, config["kernel_size"], config["strides"], config["padding"])
+    filters, (k_h, k_w), c_in = config["filters"], config["kernel_size"], in_shape[3]
+    depth = c_in * config["depth_multiplier"]
+    bias = filters if config["use_bias"] else 0
+    params = k_h * k_w * depth + depth * filters + bias
+    params_text = (f"k × k × C_in + C_in × filters{' + filters' if bias else ''} = {k_h} × {k_w} × {depth} + "
+                   f"{depth} × {filters}{f' + {filters}' if bias else ''} = {_number(params)}")
+    return [None, height, width, filters], params, shape_text, params_text
+
+
 def explain_pooling(layer, in_shape) -> tuple[list, int, str, str]:
     config = layer.get_config()
     (height, width), shape_text = spatial_formula(
@@ -118,6 +132,7 @@ EXPLAINERS = {
     "Conv2D": explain_conv, "MaxPooling2D": explain_pooling, "AveragePooling2D": explain_pooling,
     "Dense": explain_dense, "Flatten": explain_flatten, "GlobalAveragePooling2D": explain_global_pooling,
     "BatchNormalization": explain_batch_norm, "Dropout": explain_unchanged, "Activation": explain_unchanged,
+    "SeparableConv2D": explain_separable_conv, "Add": explain_unchanged,  # Add: a sum of equal shapes
 }
 
 
@@ -129,7 +144,8 @@ def explain_layer(layer) -> dict:
     row = {"name": layer.name, "type": type(layer).__name__, "output_shape": keras_shape, "params": keras_params}
     if explainer is None:
         return {**row, "shape_formula": "as built by Keras", "params_formula": "as built by Keras", "agrees": None}
-    shape, params, shape_text, params_text = explainer(layer, tuple(layer.input.shape))
+    inputs = layer.input if not isinstance(layer.input, list) else layer.input[0]  # Add: the first input
+    shape, params, shape_text, params_text = explainer(layer, tuple(inputs.shape))
     return {**row, "shape_formula": shape_text, "params_formula": params_text,
             "agrees": shape == keras_shape and params == keras_params}
 

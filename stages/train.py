@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -42,20 +43,61 @@ LIVE_SCRATCH = "live"
 
 
 # --- input pipeline ---------------------------------------------------------------------------
-def batch_reader(images: np.ndarray, labels: np.ndarray, loss: LossChoice, num_classes: int):
-    """A tf.data map from a batch of row indices to (images, labels) read from the memory-mapped
-    arrays: float32 straight from disk (no per-batch conversion), labels as the loss wants them."""
+# Arrays that take at most this share of the available memory are read into memory once and
+# batches gathered in the graph; larger ones are streamed from the memory map, batch by batch.
+IN_MEMORY_SHARE = 0.25
+
+
+def available_memory() -> int:
+    """Bytes of memory available to new allocations (Linux's MemAvailable; else free pages)."""
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def fits_in_memory(*arrays: np.ndarray) -> bool:
+    return sum(array.nbytes for array in arrays) <= IN_MEMORY_SHARE * available_memory()
+
+
+def label_encoding(labels: np.ndarray, loss: LossChoice, num_classes: int) -> np.ndarray:
+    """Integer class ids as the loss wants them: one-hot rows, ids, or a (N, 1) float column."""
+    if loss.label_format == "one_hot":
+        return np.eye(num_classes, dtype=np.float32)[labels]
+    if loss.label_format == "binary":
+        return labels.astype(np.float32)[:, np.newaxis]
+    return labels.astype(np.int64)
+
+
+def batch_reader(images: np.ndarray, labels: np.ndarray, loss: LossChoice, num_classes: int,
+                 in_memory: bool | None = None):
+    """A tf.data map from a batch of row indices to (images, labels), rows in ascending order.
+
+    In memory (`in_memory`, by default when the arrays fit): the arrays become tensors once and
+    each batch is a gather in the graph. Streamed: each batch is read from the memory-mapped
+    arrays by NumPy (sequential reads), so data larger than memory trains too. Both give the
+    same batches."""
     tf = import_tensorflow()
-    one_hot = np.eye(num_classes, dtype=np.float32)
+    if in_memory is None:
+        in_memory = fits_in_memory(images, labels)
+    if in_memory:
+        image_tensor = tf.constant(np.asarray(images, dtype=np.float32))
+        label_tensor = tf.constant(label_encoding(np.asarray(labels), loss, num_classes))
+
+        def gather_batch(indices):
+            rows = tf.sort(indices)
+            return tf.gather(image_tensor, rows), tf.gather(label_tensor, rows)
+
+        return gather_batch
 
     def read(indices: np.ndarray):
         rows = np.sort(indices)  # ascending rows: sequential reads from the memory map
-        batch_labels = np.asarray(labels[rows])
-        if loss.label_format == "one_hot":
-            batch_labels = one_hot[batch_labels]
-        elif loss.label_format == "binary":
-            batch_labels = batch_labels.astype(np.float32)[:, np.newaxis]
-        return np.asarray(images[rows], dtype=np.float32), batch_labels
+        return (np.asarray(images[rows], dtype=np.float32),
+                label_encoding(np.asarray(labels[rows]), loss, num_classes))
 
     label_type = tf.int64 if loss.label_format == "integer" else tf.float32
     label_shape = {"one_hot": [None, num_classes], "integer": [None], "binary": [None, 1]}[loss.label_format]
@@ -174,9 +216,11 @@ def dtype_policy(precision: str):
 def train(
     params: Params, prepared_dir: str | Path, augmented_dir: str | Path, model_path: str | Path,
     summary_path: str | Path, live_dir: str | Path, checkpoint_dir: str | Path, strategy=None,
+    callbacks: tuple = (),
 ) -> dict:
     """Run the stage (resuming from `checkpoint_dir` when it holds this run's state); return
-    the summary written to summary.json. `strategy` defaults to `distribution_strategy()`."""
+    the summary written to summary.json. `strategy` defaults to `distribution_strategy()`;
+    `callbacks` are more Keras callbacks, called after the stage's own (benchmarks use them)."""
     prepared_dir, folder = Path(prepared_dir), Path(checkpoint_dir)
     meta = read_json(prepared_dir / "meta.json", "prepared metadata")
     train_x, train_y = load_training_set(prepared_dir, augmented_dir)
@@ -206,7 +250,7 @@ def train(
         validation = evaluation_dataset(val_y, batch_size, batch_reader(val_x, val_y, loss, num_classes))
         live, live_callback = start_live(folder / LIVE_SCRATCH, state.history)
         augmentation = online_augmentation(augmented_dir)
-        run_phases(model, params, state, folder, steps_per_epoch, loss, live_callback,
+        run_phases(model, params, state, folder, steps_per_epoch, loss, [live_callback, *callbacks],
                    lambda epochs: training_dataset(train_x, train_y, batch_size, params.seed, epochs,
                                                    read_train, augmentation),
                    validation)
@@ -244,8 +288,9 @@ def training_summary(params: Params, model, state: TrainingState, train_images: 
 
 
 def run_phases(model, params: Params, state: TrainingState, folder: Path, steps_per_epoch: int,
-               loss: LossChoice, live_callback, make_training_set, validation) -> None:
-    """Fit the remaining epochs of the current phase, then of fine-tuning if there is one."""
+               loss: LossChoice, last_callbacks: list, make_training_set, validation) -> None:
+    """Fit the remaining epochs of the current phase, then of fine-tuning if there is one;
+    `last_callbacks` (DVCLive's, ...) run after the checkpointer."""
     train = params.train
     last_phase = FINE_TUNING if train.fine_tune_epochs else TRAINING
     while True:
@@ -254,7 +299,7 @@ def run_phases(model, params: Params, state: TrainingState, folder: Path, steps_
             plateau = plateau_callback(train, state.plateau) if state.phase == TRAINING else None
             checkpointer = make_checkpointer(folder, state, train.monitor, train.min_delta, train.patience,
                                              last_epoch, plateau)
-            callbacks = [learning_rate_logger(), *([plateau] if plateau else []), checkpointer, live_callback]
+            callbacks = [learning_rate_logger(), *([plateau] if plateau else []), checkpointer, *last_callbacks]
             model.fit(
                 make_training_set(range(state.epochs_done, last_epoch)), validation_data=validation,
                 initial_epoch=state.epochs_done, epochs=last_epoch, steps_per_epoch=steps_per_epoch,

@@ -38,6 +38,13 @@ def test_prepare_and_report_run_without_tensorflow(tmp_path):
     assert imported_tensorflow("import stages.report, stages.compare", tmp_path) == []
 
 
+def test_datasets_lists_sources_without_scikit_learn_or_tensorflow(tmp_path):
+    write_params(tmp_path, {})
+    code = ("from stages.cli import app\ntry:\n    app(['datasets'])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+            "assert not [m for m in sys.modules if m.startswith('sklearn')], 'scikit-learn imported'")
+    assert imported_tensorflow(code, tmp_path) == []
+
+
 @pytest.mark.parametrize(
     ("overrides", "key"),
     [

@@ -26,7 +26,22 @@ NAMED_CHOICES = [("model", "activation", ACTIVATIONS), ("train", "optimizer", OP
 @pytest.mark.parametrize(("group", "key", "name"),
                          [(group, key, name) for group, key, names in NAMED_CHOICES for name in names])
 def test_every_named_choice_is_accepted(group, key, name):
-    assert getattr(getattr(parse(**{group: {key: name}}), group), key) == name
+    companions = {"one_cycle": {"warmup_epochs": 1}}.get(name, {})  # the rising half of the cycle
+    assert getattr(getattr(parse(**{group: {key: name, **companions}}), group), key) == name
+
+
+def test_one_cycle_without_warm_up_is_refused_in_one_line():
+    with pytest.raises(ConfigError, match=r"'train.warmup_epochs' must be at least 1 when train.schedule is "
+                                          r"'one_cycle'.*got 0"):
+        parse(train={"schedule": "one_cycle"})
+
+
+def test_residual_blocks_need_batch_norm_and_same_padding():
+    with pytest.raises(ConfigError, match="'model.batch_norm' must be true when model.residual is true"):
+        parse(model={"residual": True})
+    with pytest.raises(ConfigError, match="'model.padding' must be 'same' for every block after the first"):
+        parse(model={"residual": True, "batch_norm": True, "conv_filters": [8, 8], "padding": ["valid", "valid"]})
+    assert parse(model={"residual": True, "batch_norm": True, "padding": ["valid", "same"]}).model.residual
 
 
 def test_every_architecture_is_accepted():

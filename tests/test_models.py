@@ -136,6 +136,26 @@ def test_pooling_kinds_strides_and_global_average_pooling():
     assert model.get_layer("global_pool").output.shape == (None, 8)
 
 
+def test_residual_blocks_add_the_input_projected_only_when_the_shape_changes():
+    model = build({"conv_filters": [8, 8, 16], "strides": [2, 1, 2], "pooling": "none", "batch_norm": True,
+                   "residual": True, "global_pooling": True, "dense_units": []}, shape=(16, 16, 1))
+    names = [layer.name for layer in model.layers]
+    assert names[1:4] == ["conv1", "conv1_bn", "conv1_act"]  # the stem: one plain convolution
+    assert "conv2_project" not in names  # 8 -> 8 filters at stride 1: the input is added as it is
+    assert model.get_layer("conv2_add").input[0].name == model.get_layer("conv1_act").output.name
+    assert model.get_layer("conv3_project").strides == (2, 2) and model.get_layer("conv3a").strides == (2, 2)
+    assert model.get_layer("conv3_act").output.shape == (None, 4, 4, 16)
+    assert layer_types(model).count("Add") == 2 and layer_types(model)[-2:] == ["GlobalAveragePooling2D", "Dense"]
+
+
+def test_separable_convolutions_replace_every_convolution_after_the_stem():
+    model = build({"conv_filters": [8, 16, 16], "batch_norm": True, "separable": True}, shape=(16, 16, 1))
+    assert [type(model.get_layer(f"conv{index}")).__name__ for index in (1, 2, 3)] == [
+        "Conv2D", "SeparableConv2D", "SeparableConv2D"]
+    # 3x3 depthwise + 1x1 pointwise: 3*3*8 + 8*16 + 16 weights instead of 3*3*8*16 + 16
+    assert model.get_layer("conv2").count_params() == 3 * 3 * 8 + 8 * 16 + 16
+
+
 EXPLAIN_CASES = {
     "batch norm, strides, same padding with odd sides": {
         "conv_filters": [6, 10], "kernel_size": [2, 5], "strides": [2, 3], "padding": "same",
@@ -143,6 +163,9 @@ EXPLAIN_CASES = {
     "valid padding, average pooling, global pooling": {
         "conv_filters": [4, 4], "padding": "valid", "pooling": "average", "global_pooling": True},
     "mlp without dense layers": {"architecture": "mlp", "dense_units": []},
+    "residual and separable blocks after a strided stem": {
+        "conv_filters": [8, 8, 12], "strides": [2, 1, 2], "pooling": ["none", "max", "none"],
+        "batch_norm": True, "residual": True, "separable": True, "global_pooling": True},
 }
 
 

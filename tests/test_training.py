@@ -36,35 +36,63 @@ def load(path: Path):
     return keras.saving.load_model(path, safe_mode=True)
 
 
+OPTIMIZER_CLASSES = {"sgd": "SGD", "momentum": "SGD", "nesterov": "SGD", "rmsprop": "RMSprop", "adam": "Adam",
+                     "adamw": "AdamW", "nadam": "Nadam"}
+
+
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
-def test_every_optimizer_trains(tmp_path, optimizer):
-    summary, state = run_training(tmp_path, train={"optimizer": optimizer, "learning_rate": 0.02, "epochs": 3})
+def test_every_optimizer_name_makes_its_keras_optimizer(optimizer):
+    from stages.optimization import make_optimizer
+
+    train = parse_params({"train": {"optimizer": optimizer, "clip_norm": 0.5}}).train
+    built = make_optimizer(train, 0.02)
+    config = built.get_config()
+    assert type(built).__name__ == OPTIMIZER_CLASSES[optimizer]
+    assert config["learning_rate"] == pytest.approx(0.02) and config["clipnorm"] == 0.5
+    if optimizer in ("momentum", "nesterov", "sgd"):
+        assert config["momentum"] == pytest.approx(0.0 if optimizer == "sgd" else 0.9)
+        assert config["nesterov"] == (optimizer == "nesterov")
+    if optimizer == "adamw":
+        assert config["weight_decay"] == pytest.approx(0.004)
+
+
+def test_an_optimizer_trains_and_is_saved_with_the_model(tmp_path):
+    _, state = run_training(tmp_path, train={"optimizer": "nesterov", "learning_rate": 0.02, "epochs": 3})
     losses = state["history"]["loss"]
     assert len(losses) == 3 and losses[-1] < losses[0]
     config = load(tmp_path / "model.keras").optimizer.get_config()
-    expected = {"sgd": "SGD", "momentum": "SGD", "nesterov": "SGD", "rmsprop": "RMSprop", "adam": "Adam",
-                "adamw": "AdamW", "nadam": "Nadam"}[optimizer]
-    assert type(load(tmp_path / "model.keras").optimizer).__name__ == expected
-    if optimizer in ("momentum", "nesterov"):
-        assert config["momentum"] == pytest.approx(0.9) and config["nesterov"] == (optimizer == "nesterov")
-    if optimizer == "adamw":
-        assert config["weight_decay"] == pytest.approx(0.004)
+    assert type(load(tmp_path / "model.keras").optimizer).__name__ == "SGD" and config["nesterov"] is True
 
 
 def logged_rates(state) -> list[float]:
     return state["history"]["learning_rate"]
 
 
-@pytest.mark.parametrize(("train", "expected"), [
-    ({"schedule": "constant"}, [0.01, 0.01, 0.01]),
-    ({"schedule": "exponential", "decay_rate": 0.5, "decay_epochs": 1}, [0.01, 0.005, 0.0025]),
-    ({"schedule": "step", "decay_rate": 0.5, "decay_epochs": 2}, [0.01, 0.01, 0.005]),
-    ({"schedule": "cosine", "warmup_epochs": 1}, [0.0, 0.01, 0.005]),
-    ({"schedule": "cosine", "min_learning_rate": 0.002}, [0.01, 0.008, 0.004]),
-], ids=["constant", "exponential", "step", "cosine-warmup", "cosine-floor"])
-def test_learning_rate_schedules(tmp_path, train, expected):
-    _, state = run_training(tmp_path, train={"learning_rate": 0.01, "epochs": 3, **train})
-    assert logged_rates(state) == pytest.approx(expected, rel=1e-5, abs=1e-9)
+SCHEDULES = [
+    ({"schedule": "constant"}, [0.01, 0.01, 0.01, 0.01]),
+    ({"schedule": "exponential", "decay_rate": 0.5, "decay_epochs": 1}, [0.01, 0.005, 0.0025, 0.00125]),
+    ({"schedule": "step", "decay_rate": 0.5, "decay_epochs": 2}, [0.01, 0.01, 0.005, 0.005]),
+    ({"schedule": "cosine", "warmup_epochs": 1}, [0.0, 0.01, 0.0075, 0.0025]),
+    ({"schedule": "cosine", "min_learning_rate": 0.002}, [0.01, 0.0088284, 0.006, 0.0031716]),
+    ({"schedule": "one_cycle", "warmup_epochs": 2}, [0.0004, 0.0052, 0.01, 0.005]),
+]
+SCHEDULE_IDS = ["constant", "exponential", "step", "cosine-warmup", "cosine-floor", "one-cycle"]
+
+
+@pytest.mark.parametrize(("train", "expected"), SCHEDULES, ids=SCHEDULE_IDS)
+def test_learning_rate_schedules_at_the_start_of_each_epoch(train, expected):
+    from stages.optimization import make_schedule
+
+    params = parse_params({"train": {"learning_rate": 0.01, "epochs": 4, **train}}).train
+    schedule, steps_per_epoch = make_schedule(params, 5), 5
+    rates = [float(schedule(epoch * steps_per_epoch)) if callable(schedule) else schedule for epoch in range(4)]
+    assert rates == pytest.approx(expected, rel=1e-4, abs=1e-9)
+
+
+def test_the_learning_rate_of_each_epoch_is_logged(tmp_path):
+    train, expected = SCHEDULES[-1]
+    _, state = run_training(tmp_path, train={"learning_rate": 0.01, "epochs": 4, **train})
+    assert logged_rates(state) == pytest.approx(expected, rel=1e-4, abs=1e-9)
 
 
 def test_reduce_on_plateau_lowers_the_rate_when_the_monitor_stalls(tmp_path):
@@ -164,6 +192,33 @@ def test_summary_dvclive_logs_and_checkpoint_folder(tmp_path):
     names = {path.name for path in (tmp_path / "checkpoints").iterdir() if path.is_file()}
     assert names == {"state.json", "epoch-0003.weights.h5", f"best-{summary['best_epoch']:04d}.keras"}
     assert not list(tmp_path.glob(".*.tmp*"))  # no temporary files left beside the outputs
+
+
+@pytest.mark.parametrize("label_format", ["one_hot", "integer", "binary"])
+def test_in_memory_and_streamed_pipelines_give_the_same_batches(tmp_path, label_format):
+    from stages.optimization import LossChoice
+    from stages.train import batch_reader, evaluation_dataset, training_dataset
+
+    num_classes = 2 if label_format == "binary" else 3
+    prepared = write_prepared(tmp_path, num_classes=num_classes)
+    images = np.load(prepared / "train_x.npy", mmap_mode="r")
+    labels = np.load(prepared / "train_y.npy", mmap_mode="r")
+    loss = LossChoice({"one_hot": "categorical", "integer": "sparse_categorical", "binary": "binary"}[label_format],
+                      label_format)
+    pipelines = {}
+    for in_memory in (True, False):
+        read = batch_reader(images, labels, loss, num_classes, in_memory=in_memory)
+        batches = [*training_dataset(images, labels, 10, 7, range(1, 3), read), *evaluation_dataset(labels, 10, read)]
+        pipelines[in_memory] = [(x.numpy(), y.numpy()) for x, y in batches]
+    steps = -(-len(labels) // 10)
+    assert len(pipelines[True]) == 3 * steps  # two shuffled epochs, then the set in order
+    for (memory_x, memory_y), (stream_x, stream_y) in zip(pipelines[True], pipelines[False], strict=True):
+        np.testing.assert_array_equal(memory_x, stream_x)
+        np.testing.assert_array_equal(memory_y, stream_y)
+        assert memory_y.dtype == stream_y.dtype
+    shuffled, in_order = (np.concatenate([x for x, _ in pipelines[True][start:start + steps]])
+                          for start in (0, 2 * steps))
+    assert not np.array_equal(shuffled, in_order) and np.array_equal(in_order, images)
 
 
 @pytest.mark.parametrize("precision", ["float32", "auto"])
