@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from stages.config import (
-    ACTIVATIONS, ARCHITECTURES, LOSSES, OPTIMIZERS, SCHEDULES, ConfigError, parse_params, per_block,
+    ACTIVATIONS, ARCHITECTURES, LOSSES, OPTIMIZERS, SCHEDULES, ConfigError, parse_params, per_block, read_yaml,
 )
 from tests.conftest import REPO_ROOT, run_cnnlab, write_params
 
@@ -115,7 +115,7 @@ def test_cli_rejects_a_bad_value_with_one_line_and_exit_code_2(tmp_path: Path):
 @pytest.mark.parametrize("path", EXAMPLES, ids=[path.stem for path in EXAMPLES])
 def test_example_model_and_train_groups_are_valid(path: Path):
     # The prepare group names datasets other branches add; model and train are ours.
-    raw = yaml.safe_load(path.read_text())
+    raw = read_yaml(path.read_text())  # as DVC and cnnlab read it (YAML 1.2)
     params = parse_params({key: raw[key] for key in ("seed", "model", "train") if key in raw}, str(path))
     assert params.model.architecture in ARCHITECTURES
 
