@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stages.io import atomic_dir, read_json, write_json
-from stages.predict import ImageSettings, load_classifier
+from stages.artifacts import read_meta, read_model
+from stages.io import atomic_dir, write_json
+from stages.predict import ImageSettings
 from stages.runtime import import_tensorflow
 
 SIGNATURE = "serving_default"
@@ -75,8 +76,9 @@ def export(model_path: str | Path, meta_path: str | Path, output_dir: str | Path
     tf = import_tensorflow()
     import keras
 
-    settings = ImageSettings.from_meta(read_json(meta_path, "prepared metadata"), meta_path)
-    model = load_classifier(model_path, settings)
+    meta = read_meta(meta_path)
+    settings = ImageSettings.from_meta(meta, meta_path)
+    model = read_model(model_path, meta)
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(
