@@ -244,8 +244,7 @@ def checkpoint_file_problem(path: Path) -> str | None:
 def model_load_problem(error: Exception) -> str:
     text = str(error)
     if "safe_mode" in text or "Lambda" in text:
-        return ("holds Python code (a Lambda layer or a custom function), which cnnlab never runs; "
-                "use a model trained by cnnlab train")
+        return "holds Python code (a Lambda layer or a custom object), which cnnlab never runs"
     first = text.strip().splitlines()[0][:200] if text.strip() else ""
     return f"cannot be loaded as a Keras model ({type(error).__name__}: {first})"
 

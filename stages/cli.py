@@ -6,6 +6,7 @@ that does not train or predict) starts without importing TensorFlow.
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -219,6 +220,10 @@ def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2; the machine's
     refusals (disk full, permission denied, read-only) one line and exit code 1; bugs keep
     their traceback."""
+    warnings = logging.StreamHandler()  # the stages' logger.warning lines, e.g. a damaged resume state
+    warnings.setFormatter(logging.Formatter("cnnlab: warning: %(message)s"))
+    logging.getLogger("stages").addHandler(warnings)
+    logging.getLogger("stages").propagate = False
     try:
         app()
     except CnnlabError as error:

@@ -99,12 +99,14 @@ def check_architecture(params: ModelParams, image_shape) -> None:
         for key, window, stride, padding_key in windows:
             padding = setting[padding_key]
             new = window_output(height, window, stride, padding), window_output(width, window, stride, padding)
-            if min(new) < 1:
-                after = f" after blocks 1-{index}" if index else ""
+            if min(new) < 1:  # only 'valid' padding shrinks a side below the window
+                after = "" if not index else " after block 1" if index == 1 else f" after blocks 1-{index}"
+                value = getattr(params, key)
                 raise bad_value(
-                    f"model.{key}", f"at most {min(height, width)} in conv block {index + 1} of {blocks}, "
-                    f"whose input is {height}x{width}{after} (model.{padding_key} {padding!r}); or use "
-                    f"model.{padding_key}=same, or fewer conv blocks", getattr(params, key))
+                    f"model.{key}", f"at most {min(height, width)} in conv block {index + 1} of {blocks} "
+                    f"(its input is {height}x{width}{after} and model.{padding_key} is 'valid'), or "
+                    f"model.{padding_key}=same, or fewer conv blocks",
+                    list(value) if isinstance(value, tuple) else value)
             height, width = new
 
 

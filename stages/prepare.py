@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from stages import plots
+from stages.artifacts import META_FILE
 from stages.config import PrepareParams
 from stages.datasets import RawDataset, load_dataset
 from stages.images import normalize
@@ -143,7 +144,7 @@ def prepare(params: PrepareParams, seed: int, output_dir: str | Path) -> dict:
             save_array(folder / f"{name}_y.npy", np.asarray(split.labels, dtype=np.int64))
         write_samples(splits["train"], raw.class_names, raw.max_value, folder / "samples.png")
         meta = build_meta(params, seed, raw, splits, normalization)
-        write_json(folder / "meta.json", meta)
+        write_json(folder / META_FILE, meta)
     return meta
 
 

@@ -21,6 +21,7 @@ import pandas as pd
 from stages import plots
 from stages.config import ReportParams
 from stages.diagnosis import diagnose_fit
+from stages.artifacts import META_FILE, read_meta
 from stages.io import atomic_dir, read_json, require_file, write_text
 
 FIGURES_DIR = "figures"
@@ -209,7 +210,7 @@ def write_figures(inputs: ReportInputs, output_path: Path, folder: Path, dpi: in
 def report(params: ReportParams, inputs: ReportInputs, output_path: str | Path) -> str:
     """Run the stage; return the Markdown written to `output_path`."""
     output_path = Path(output_path)
-    meta = read_json(inputs.prepared_dir / "meta.json", "prepared metadata")
+    meta = read_meta(inputs.prepared_dir / META_FILE)
     summary = read_json(inputs.summary_path, "training summary")
     metrics = read_json(inputs.metrics_path, "test metrics")
     per_class = pd.read_csv(
