@@ -52,7 +52,7 @@ def environment_failure(error: BaseException, writing: str | os.PathLike | None 
         return None
     what, fix = ENVIRONMENT_ERRNOS[error.errno]
     if writing is not None:
-        return EnvironmentFailure(f"cannot write {writing}: {what}; {fix} (the previous {writing} "
-                                  "is left as it was)")
+        return EnvironmentFailure(f"cannot write {writing}: {what}; {fix} (any previous {writing} "
+                                  "is unchanged)")
     subject = f"cannot use {error.filename}" if error.filename else "a file operation failed"
     return EnvironmentFailure(f"{subject}: {what}; {fix}")

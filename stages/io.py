@@ -82,12 +82,15 @@ def remove_stale_temporaries(target: Path) -> None:
 
 @contextlib.contextmanager
 def environment_errors(target: Path, temp: Path | None = None) -> Iterator[None]:
-    """A full disk or a refused permission while writing `target` (or its temporary `temp`)
-    becomes one line naming `target`; the same refusal on another file names that file."""
+    """A full disk or a refused permission while writing `target` (creating its temporary, or
+    writing into the temporary `temp`) becomes one line naming `target`; the same refusal on
+    another file (one the block reads) names that file."""
     try:
         yield
     except OSError as error:
-        ours = error.filename is None or (temp is not None and str(error.filename).startswith(str(temp)))
+        # shutil.copyfile names its source in filename and its destination in filename2.
+        names = [str(name) for name in (error.filename, error.filename2) if name is not None]
+        ours = temp is None or not names or any(name.startswith(str(temp)) for name in names)
         failure = environment_failure(error, target if ours else None)
         if failure is None:
             raise
