@@ -151,7 +151,7 @@ def read_array(path: Path, stage: str, mmap: bool = True) -> np.ndarray:
     except (ValueError, EOFError, OSError) as error:
         if environment_failure(error) is not None:
             raise
-        pickled = "pickle" in str(error)
+        pickled = "pickle" in str(error) or "Python objects" in str(error)  # np.load without, with mmap
         problem = ("holds Python objects (a pickle), which cnnlab never loads" if pickled
                    else "is not a complete .npy array (empty, truncated or another format)")
         raise damaged(path, problem, stage) from None

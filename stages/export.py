@@ -73,12 +73,12 @@ def preprocessing_record(settings: ImageSettings) -> dict:
 
 def export(model_path: str | Path, meta_path: str | Path, output_dir: str | Path) -> dict:
     """Write the SavedModel and preprocessing.json; return the preprocessing record."""
+    meta = read_meta(meta_path)
+    settings = ImageSettings.from_meta(meta, meta_path)
+    model = read_model(model_path, meta)  # checked before TensorFlow starts, then loaded
     tf = import_tensorflow()
     import keras
 
-    meta = read_meta(meta_path)
-    settings = ImageSettings.from_meta(meta, meta_path)
-    model = read_model(model_path, meta)
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(
