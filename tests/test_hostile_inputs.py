@@ -179,3 +179,19 @@ def test_predict_output_naming_a_folder_is_refused_before_anything_runs(project:
     line = error_line(run_cnnlab("predict", "images", "--output", "out", cwd=project))
     assert line == "--output out is a folder; give the name of the CSV file to write, such as out/predictions.csv"
     assert list((project / "out").iterdir()) == []
+
+
+@pytest.mark.tf
+def test_predict_writes_file_names_that_are_not_utf8_as_readable_text(trained_digits: Path, tmp_path: Path):
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    name = os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes, as old cameras and zip files leave them
+    shutil.copyfile(trained_digits / "data" / "prepared" / "samples.png", folder / name)
+    output = tmp_path / "predictions.csv"
+
+    result = run_cnnlab("predict", str(folder), "--output", str(output), cwd=trained_digits)
+
+    assert result.returncode == 0, result.stderr
+    shown = f"{folder}/caf\\xe9.png"
+    assert "caf\\xe9.png" in result.stdout  # the table, printable on any terminal
+    assert output.read_text(encoding="utf-8").splitlines()[1].startswith(f"{shown},")
