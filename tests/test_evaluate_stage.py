@@ -10,6 +10,7 @@ import pytest
 
 from stages.config import EvaluateParams, ModelParams
 from stages.io import save_array
+from tests.training_data import meta_record
 
 pytestmark = pytest.mark.tf
 
@@ -18,8 +19,7 @@ def write_prepared(folder, class_names, test_x, test_y):
     folder.mkdir(parents=True)
     save_array(folder / "test_x.npy", test_x.astype(np.float32))
     save_array(folder / "test_y.npy", test_y.astype(np.int64))
-    (folder / "meta.json").write_text(json.dumps({"class_names": class_names, "num_classes": len(class_names),
-                                                  "image_shape": list(test_x.shape[1:])}))
+    (folder / "meta.json").write_text(json.dumps(meta_record(class_names, test_x.shape[1:], {"test": len(test_y)})))
 
 
 def tiny_data(num_classes: int, seed: int = 0):
