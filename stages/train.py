@@ -22,13 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.artifacts import (
-    META_FILE, checkpoint_file_problem, read_meta, read_policy, read_split, read_training_set,
-)
+from stages.artifacts import META_FILE, read_meta, read_policy, read_split, read_training_set
 from stages.augment import online_augmentation
 from stages.checkpoints import TrainingState, fingerprint, load_state, make_checkpointer, restore
 from stages.config import Params
-from stages.errors import DataError
 from stages.io import atomic_dir, atomic_path, write_json
 from stages.models import build_model, check_architecture, layer_table, parameter_totals
 from stages.optimization import (
@@ -208,8 +205,6 @@ def train(
 
     with atomic_path(model_path) as temp_model:
         shutil.copyfile(folder / state.best_model, temp_model)
-        if problem := checkpoint_file_problem(temp_model):  # never publish a broken model
-            raise DataError(f"{folder / state.best_model} {problem}; delete {folder} and train again")
     with atomic_dir(live_dir) as temp_live:
         shutil.copytree(folder / LIVE_SCRATCH, temp_live, dirs_exist_ok=True)
     summary = training_summary(params, model, state, len(train_y), precision, resumed_from)
