@@ -22,15 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from stages import plots
+from stages.artifacts import META_FILE, POLICY_FILE, TRANSFORM_KEYS, read_meta, read_policy, read_split
 from stages.config import AugmentParams
-from stages.errors import DataError
-from stages.io import atomic_dir, load_array, read_json, save_array, write_json
+from stages.io import atomic_dir, open_array, save_array, write_json
 from stages.runtime import import_tensorflow
 
-POLICY_FILE = "policy.json"
 PREVIEW_FILE = "preview.png"
-TRANSFORM_KEYS = ("rotation", "width_shift", "height_shift", "zoom", "shear", "horizontal_flip",
-                  "vertical_flip", "brightness", "contrast", "erasing", "fill_mode")
 # Mirrored digits are other symbols (or other digits): flips teach such a model wrong labels.
 DIGIT_DATASETS = ("digits", "mnist")
 OFFLINE_CHUNK = 256  # images per transform call; fixed so that the output never depends on memory
@@ -42,17 +39,12 @@ logger = logging.getLogger(__name__)
 def value_range(meta: dict) -> dict[str, list[float]]:
     """Per-channel values of a black and a full-intensity pixel in the prepared arrays."""
     channels = int(meta["image_shape"][-1])
-    normalization = meta["normalization"]
+    normalization = meta["normalization"]  # checked by read_meta: unit or standardize
     if normalization["method"] == "unit":
         return {"low": [0.0] * channels, "high": [1.0] * channels}
-    if normalization["method"] == "standardize":
-        mean = np.broadcast_to(np.asarray(normalization["mean"], dtype=np.float64), (channels,))
-        std = np.broadcast_to(np.asarray(normalization["std"], dtype=np.float64), (channels,))
-        return {"low": (-mean / std).tolist(), "high": ((1.0 - mean) / std).tolist()}
-    raise DataError(
-        f"prepared metadata: unknown normalization method {normalization['method']!r}; "
-        "expected 'unit' or 'standardize'; re-run the prepare stage (dvc repro prepare)"
-    )
+    mean = np.broadcast_to(np.asarray(normalization["mean"], dtype=np.float64), (channels,))
+    std = np.broadcast_to(np.asarray(normalization["std"], dtype=np.float64), (channels,))
+    return {"low": (-mean / std).tolist(), "high": ((1.0 - mean) / std).tolist()}
 
 
 def flip_warnings(params: AugmentParams, dataset: str) -> list[str]:
@@ -84,7 +76,6 @@ def resolve_policy(params: AugmentParams, seed: int, meta: dict) -> dict:
         policy["train_images"] = (params.copies + 1) * int(meta["splits"]["train"])
     return policy
 
-
 def build_augmenter(policy: dict) -> Callable:
     """`augment(images, seed) -> images` for one batch, from a resolved policy."""
     from stages.transforms import build_augmenter as build
@@ -115,7 +106,7 @@ def build_online_augmenter(policy: dict) -> Callable:
 
 def online_augmentation(augmented_dir: str | Path) -> Callable | None:
     """`build_online_augmenter` of the stage's policy in `online` mode, else None."""
-    policy = read_json(Path(augmented_dir) / POLICY_FILE, "augmentation policy")
+    policy = read_policy(augmented_dir)
     return build_online_augmenter(policy) if policy["mode"] == "online" else None
 
 
@@ -127,9 +118,7 @@ def write_copies(augment_batch: Callable, images: np.ndarray, labels: np.ndarray
     """
     tf = import_tensorflow()
     count = len(labels)
-    output = np.lib.format.open_memmap(
-        folder / "train_x.npy", mode="w+", dtype=np.float32, shape=((copies + 1) * count, *images.shape[1:])
-    )
+    output = open_array(folder / "train_x.npy", np.float32, ((copies + 1) * count, *images.shape[1:]))
     output[:count] = images
     augment = tf.function(augment_batch, reduce_retracing=True)
     for copy in range(1, copies + 1):
@@ -161,23 +150,16 @@ def write_preview(augment_batch: Callable, images: np.ndarray, labels: np.ndarra
 def augment(params: AugmentParams, seed: int, prepared_dir: str | Path, output_dir: str | Path) -> dict:
     """Run the stage; return the policy written to policy.json."""
     prepared_dir = Path(prepared_dir)
-    meta = read_json(prepared_dir / "meta.json", "prepared metadata")  # fail early if prepare never ran
+    meta = read_meta(prepared_dir / META_FILE)  # fail early if prepare never ran (or its files are damaged)
     policy = resolve_policy(params, seed, meta)
     for warning in policy.get("warnings", []):
         logger.warning(warning)
     with atomic_dir(output_dir) as folder:
         if policy["mode"] != "off":
-            images, labels = load_array(prepared_dir / "train_x.npy"), load_array(prepared_dir / "train_y.npy")
+            images, labels = read_split(prepared_dir, "train", meta)
             augment_batch = build_augmenter(policy)
             if policy["materialized"]:
                 write_copies(augment_batch, images, labels, policy["copies"], policy["seed"], folder)
             write_preview(augment_batch, images, labels, meta, policy, folder / PREVIEW_FILE)
         write_json(folder / POLICY_FILE, policy)
     return policy
-
-
-def load_training_set(prepared_dir: str | Path, augmented_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """The training images and labels chosen by the augment stage (memory-mapped)."""
-    policy = read_json(Path(augmented_dir) / POLICY_FILE, "augmentation policy")
-    source = Path(augmented_dir) if policy.get("materialized") else Path(prepared_dir)
-    return load_array(source / "train_x.npy"), load_array(source / "train_y.npy")

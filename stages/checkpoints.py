@@ -10,23 +10,30 @@ never a stage output) holds:
     best-NNNN.keras         the best epoch so far by the monitored metric (the final model)
     live/                   DVCLive's logs so far (rebuilt from the history on resume)
 
-A crash between writing a file and state.json leaves state.json naming the previous,
-complete files; a re-run with other params or data (another fingerprint) starts over.
+Every file is written atomically and flushed to the disk before state.json names it. A crash
+between writing a file and state.json leaves state.json naming the previous, complete files;
+a re-run with other params or data (another fingerprint) starts over, and so does a re-run
+whose state files are damaged (empty, truncated), with a warning: a damaged state is never
+resumed from, and never published as the model.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from stages.io import read_json, write_json
+from stages.artifacts import checkpoint_file_problem
+from stages.errors import DataError
+from stages.io import atomic_path, read_json, write_json
 
 STATE_FILE = "state.json"
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -59,19 +66,32 @@ def fingerprint(settings: dict, arrays: list[np.ndarray]) -> str:
     return digest.hexdigest()
 
 
+def state_file_problem(folder: Path, name) -> str | None:
+    """Why the file `name` that state.json names cannot be resumed from, or None."""
+    if not isinstance(name, str) or Path(name).name != name:
+        return f"names no file in {folder} ({name!r})"
+    problem = checkpoint_file_problem(folder / name)
+    return f"{name} {problem}" if problem else None
+
+
 def load_state(folder: Path, expected_fingerprint: str) -> TrainingState | None:
-    """The saved state if it belongs to this run's params and data and its files are there."""
+    """The saved state if it belongs to this run's params and data and its files are intact;
+    None to start over (with a warning when it is damaged)."""
     path = folder / STATE_FILE
     if not path.is_file():
         return None
     try:
         state = TrainingState(**read_json(path, "training checkpoint"))
-    except (TypeError, ValueError, OSError):
-        return None  # an older or damaged state: start over rather than guess
-    if state.fingerprint != expected_fingerprint:
+    except (TypeError, ValueError, DataError):
+        logger.warning("%s is damaged or from an older cnnlab; training starts over from epoch 1", path)
         return None
-    needed = [state.checkpoint, state.best_model]
-    if any(name is None or not (folder / name).is_file() for name in needed):
+    if state.fingerprint != expected_fingerprint:
+        return None  # other params or data: a new run
+    problems = [problem for name in (state.checkpoint, state.best_model)
+                if (problem := state_file_problem(folder, name))]
+    if problems:
+        logger.warning("the resume state in %s is damaged (%s); training starts over from epoch 1",
+                       folder, "; ".join(problems))
         return None
     return state
 
@@ -116,11 +136,13 @@ def make_checkpointer(folder: Path, state: TrainingState, monitor: str, min_delt
             if improved:
                 state.best_epoch, state.best_value, state.wait = epoch + 1, value, 0
                 state.best_model = f"best-{epoch + 1:04d}.keras"
-                self.model.save(folder / state.best_model)
+                with atomic_path(folder / state.best_model) as temp:
+                    self.model.save(temp)
             else:
                 state.wait += 1
             state.checkpoint = f"epoch-{epoch + 1:04d}.weights.h5"
-            self.model.save_weights(folder / state.checkpoint)
+            with atomic_path(folder / state.checkpoint) as temp:
+                self.model.save_weights(temp)
             state.seed_states = [variable.numpy().tolist() for variable in seed_variables(self.model)]
             if plateau is not None:
                 state.plateau = {"wait": plateau.wait, "cooldown_counter": plateau.cooldown_counter,

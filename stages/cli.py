@@ -6,13 +6,16 @@ that does not train or predict) starts without importing TensorFlow.
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
 import typer
 
 from stages.config import DEFAULT_PARAMS_PATH, load_params
-from stages.errors import USER_ERROR_EXIT_CODE, CnnlabError
+from stages.errors import (
+    ENVIRONMENT_EXIT_CODE, USER_ERROR_EXIT_CODE, CnnlabError, EnvironmentFailure, environment_failure,
+)
 
 app = typer.Typer(
     help="Train and evaluate convolutional image classifiers as a reproducible DVC pipeline.",
@@ -44,11 +47,11 @@ def check(params: str = ParamsOption) -> None:
 def prepare(params: str = ParamsOption, output: Path = PreparedOption) -> None:
     """Load the dataset, split train/val/test, normalize, write arrays and meta.json."""
     from stages.prepare import prepare as run
-    from stages.prepare import skipped_warning
+    from stages.prepare import skipped_warnings
 
     config = load_params(params)
     meta = run(config.prepare, config.seed, output)
-    if warning := skipped_warning(meta):
+    for warning in skipped_warnings(meta):
         typer.echo(f"cnnlab: warning: {warning}", err=True)
     typer.echo(f"prepared {meta['dataset']} ({meta['found_at']}): {meta['splits']} -> {output}")
 
@@ -211,10 +214,27 @@ def init(directory: Path = typer.Argument(..., help="New (or empty) folder for t
     typer.echo(f"created {created['project_dir']}; next: cd {directory} && cnnlab check && dvc repro")
 
 
+def fail(error: Exception, code: int) -> None:
+    """One line on stderr, whatever the message holds, and the exit code."""
+    typer.echo(f"cnnlab: error: {' '.join(str(error).split())}", err=True)
+    sys.exit(code)
+
+
 def main() -> None:
-    """Console entry point: user errors become one line on stderr and exit code 2."""
+    """Console entry point: user errors become one line on stderr and exit code 2; the machine's
+    refusals (disk full, permission denied, read-only) one line and exit code 1; bugs keep
+    their traceback."""
+    warnings = logging.StreamHandler()  # the stages' logger.warning lines, e.g. a damaged resume state
+    warnings.setFormatter(logging.Formatter("cnnlab: warning: %(message)s"))
+    logging.getLogger("stages").addHandler(warnings)
+    logging.getLogger("stages").propagate = False
     try:
         app()
     except CnnlabError as error:
-        typer.echo(f"cnnlab: error: {error}", err=True)
-        sys.exit(USER_ERROR_EXIT_CODE)
+        fail(error, USER_ERROR_EXIT_CODE)
+    except EnvironmentFailure as error:
+        fail(error, ENVIRONMENT_EXIT_CODE)
+    except OSError as error:
+        if (failure := environment_failure(error)) is None:
+            raise
+        fail(failure, ENVIRONMENT_EXIT_CODE)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,10 +213,20 @@ def param(default: Any, constraint: Constraint, help: str) -> Any:
     return field(default=default, metadata={"constraint": constraint, "help": help})
 
 
+def short_repr(value: Any, limit: int = 80) -> str:
+    """repr() of a received value, bounded: a few items of each list and mapping, a few levels
+    deep, so that a huge value (a YAML alias bomb expands to billions of items) is never built."""
+    shortener = reprlib.Repr()
+    shortener.maxlevel, shortener.maxlist, shortener.maxdict, shortener.maxtuple = 3, 4, 4, 4
+    shortener.maxstring = shortener.maxother = limit
+    text = shortener.repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def bad_value(key: str, expected: str, received: Any, source: str = DEFAULT_PARAMS_PATH) -> ConfigError:
     """The one message template for every bad params value."""
     return ConfigError(
-        f"{source}: '{key}' must be {expected}, got {received!r}; "
+        f"{source}: '{key}' must be {expected}, got {short_repr(received)}; "
         f"fix it in {source} or pass -S {key}=<value> to dvc exp run"
     )
 
@@ -681,6 +692,10 @@ def _parse(cls: type, raw: Any, prefix: str, source: str) -> Any:
 
 
 def parse_params(raw: Any, source: str = DEFAULT_PARAMS_PATH) -> Params:
+    if not isinstance(raw, Mapping):
+        held = "nothing (it is empty or all comments)" if raw is None else f"a {type(raw).__name__}"
+        raise ConfigError(f"{source}: holds {held}, not a mapping of settings such as 'seed: 42'; "
+                          f"restore it (git checkout {source})")
     return _parse(Params, raw, "", source)
 
 
@@ -693,6 +708,8 @@ def read_yaml(text: str, source: str = DEFAULT_PARAMS_PATH) -> Any:
 
     try:
         return YAML(typ="safe", pure=True).load(text)
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply to be params; fix the brackets") from None
     except YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -711,6 +728,12 @@ def load_params(path: str | Path = DEFAULT_PARAMS_PATH) -> Params:
             f"{path}: params file not found; run cnnlab from the project folder "
             "(the one with dvc.yaml) or pass --params"
         ) from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a params file; pass --params with the path "
+                          "of a params.yaml file") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+                          f"{error.start}); save it as UTF-8") from None
     check_pinned_version(path.parent)
     raw = read_yaml(text, str(path))
     if (path.parent / "dvc.yaml").is_file():

@@ -41,6 +41,7 @@ class RawDataset:
     found_at: str = ""                # where the files were read from
     skipped: tuple[dict, ...] = ()    # unreadable image files (folder source)
     ignored_files: int = 0            # hidden files and non-images (folder source)
+    links: tuple[str, ...] = ()       # links to folders, not followed (folder source)
 
 
 def load_digits() -> RawDataset:
@@ -231,10 +232,12 @@ def checked_arrays(
                         f"{images.dtype} {images.shape}; replace the files with fresh copies")
     if labels.ndim != 1 or len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{name}: expected {len(images)} integer labels, got {labels.dtype} "
-                        f"{labels.shape}; the image and label files do not belong together")
+                        f"{labels.shape}; the image and label files do not belong together: use "
+                        "the images and labels of one download")
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
         raise DataError(f"{name}: labels must lie in 0..{num_classes - 1}, found {labels.min()}.."
-                        f"{labels.max()}; the files are not this dataset's")
+                        f"{labels.max()}; the files are not this dataset's: replace them with a "
+                        "fresh copy of the dataset")
     return images, labels.astype(np.int64)
 
 
@@ -352,6 +355,7 @@ def load_folder(params: PrepareParams, seed: int, scratch_dir: Path) -> RawDatas
         description=f"image folder ({size[0]}x{size[1]} {mode})", found_at=found_at,
         skipped=train.skipped + (test.skipped if test else ()),
         ignored_files=listing.ignored + (test_listing.ignored if test_listing else 0),
+        links=listing.links + (test_listing.links if test_listing else ()),
     )
 
 

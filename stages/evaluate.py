@@ -41,10 +41,10 @@ from sklearn.metrics import (
 )
 
 from stages import gradcam, plots
+from stages.artifacts import META_FILE, read_meta, read_model, read_split
 from stages.calibration import expected_calibration_error, reliability_table, threshold_table
 from stages.config import EvaluateParams
-from stages.io import atomic_dir, load_array, read_json, require_file, rounded, write_json
-from stages.runtime import import_tensorflow
+from stages.io import atomic_dir, rounded, write_json
 
 FIGURES_DIR = "figures"
 # Feature-map figures show at most this many channels per layer (the first ones).
@@ -132,13 +132,6 @@ def most_confident_mistakes(labels: np.ndarray, probabilities: np.ndarray, count
     return wrong[np.argsort(-confidence, kind="stable")][:count]
 
 
-def load_model(model_path: str | Path):
-    import_tensorflow()
-    import keras
-
-    return keras.saving.load_model(require_file(model_path, "trained model"), safe_mode=True)
-
-
 def predict_probabilities(model, images: np.ndarray, batch_size: int, flip: bool = False) -> np.ndarray:
     """Class probabilities (N, classes); with `flip`, the mean over each image and its mirror."""
     probabilities = np.asarray(model.predict(images, batch_size=batch_size, verbose=0), dtype=np.float64)
@@ -223,9 +216,9 @@ def evaluate(
 ) -> dict:
     """Run the stage; return the metrics written to metrics.json."""
     prepared_dir = Path(prepared_dir)
-    meta = read_json(prepared_dir / "meta.json", "prepared metadata")
-    model = load_model(model_path)
-    test_x, test_y = load_array(prepared_dir / "test_x.npy"), load_array(prepared_dir / "test_y.npy", mmap=False)
+    meta = read_meta(prepared_dir / META_FILE)
+    test_x, test_y = read_split(prepared_dir, "test", meta)
+    model = read_model(model_path, meta)  # checked against meta.json's image shape and classes
     class_names = meta["class_names"]
 
     probabilities = predict_probabilities(model, test_x, params.batch_size, params.test_time_flip)

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stages.io import atomic_dir, read_json, write_json
-from stages.predict import ImageSettings, load_classifier
+from stages.artifacts import read_meta, read_model
+from stages.io import atomic_dir, write_json
+from stages.predict import ImageSettings
 from stages.runtime import import_tensorflow
 
 SIGNATURE = "serving_default"
@@ -72,11 +73,12 @@ def preprocessing_record(settings: ImageSettings) -> dict:
 
 def export(model_path: str | Path, meta_path: str | Path, output_dir: str | Path) -> dict:
     """Write the SavedModel and preprocessing.json; return the preprocessing record."""
+    meta = read_meta(meta_path)
+    settings = ImageSettings.from_meta(meta, meta_path)
+    model = read_model(model_path, meta)  # checked before TensorFlow starts, then loaded
     tf = import_tensorflow()
     import keras
 
-    settings = ImageSettings.from_meta(read_json(meta_path, "prepared metadata"), meta_path)
-    model = load_classifier(model_path, settings)
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(

@@ -18,11 +18,11 @@ import zipfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 
-from stages.errors import DataError
+from stages.errors import DataError, environment_failure
 from stages.progress import track
 
 Item = TypeVar("Item")
@@ -31,43 +31,64 @@ Item = TypeVar("Item")
 GZIP_MAGIC = b"\x1f\x8b"
 # IDX type codes -> numpy dtypes (multi-byte values are big-endian).
 IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+# Deflate never packs more than about 1032 bytes into one: a gzipped file whose header announces
+# more than this many times its size on disk cannot hold what it announces.
+GZIP_MAX_RATIO = 1100
+READ_CHUNK = 4 * 2**20
+REPLACE = "replace it with a fresh copy of the dataset's file"
 
 
-def read_bytes(path: str | Path) -> bytes:
-    """The file's content, gunzipped when it is gzip-compressed (whatever its name says)."""
+def idx_header(file: BinaryIO, name: str) -> tuple[tuple[int, ...], np.dtype]:
+    """The magic number (0, 0, type, ndim) and the big-endian sizes at the start of an IDX file."""
+    magic = file.read(4)
+    if len(magic) < 4 or magic[:2] != b"\x00\x00" or magic[2] not in IDX_DTYPES:
+        raise DataError(f"{name}: not an IDX file (bad magic number {magic.hex() or 'none'}); expected "
+                        f"MNIST-format files such as train-images-idx3-ubyte.gz; {REPLACE}")
+    sizes = file.read(4 * magic[3])
+    if len(sizes) < 4 * magic[3]:
+        raise DataError(f"{name}: IDX header is cut short; {REPLACE}")
+    return struct.unpack(f">{magic[3]}I", sizes), np.dtype(IDX_DTYPES[magic[2]])
+
+
+def read_announced(file: BinaryIO, shape: tuple[int, ...], dtype: np.dtype, capacity: int,
+                   name: str) -> np.ndarray:
+    """Exactly the values the header announced, streamed in chunks; refuse a file that holds
+    fewer or more bytes (a truncated download, a decompression bomb) without reading the rest."""
+    expected = math.prod(shape) * dtype.itemsize
+    what = f"{name}: header announces shape {shape} ({expected:,} bytes) but the file"
+    if expected > capacity:
+        raise DataError(f"{what} cannot hold that many; the file is truncated or damaged; {REPLACE}")
+    values = np.empty(expected, dtype=np.uint8)
+    buffer, received = memoryview(values), 0
+    while received < expected:
+        count = file.readinto(buffer[received:received + READ_CHUNK])
+        if not count:
+            raise DataError(f"{what} holds only {received:,}; the file is truncated or damaged; {REPLACE}")
+        received += count
+    if file.read(1):
+        raise DataError(f"{what} holds more data after them; the file is damaged or not this "
+                        f"dataset's; {REPLACE}")
+    return values.view(dtype).reshape(shape).astype(dtype.newbyteorder("="), copy=False)
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """One IDX file, gzipped or not (whatever its name says): the header first, then exactly the
+    values it announces, so a damaged or hostile file is refused before it fills the memory."""
     path = Path(path)
     try:
         with open(path, "rb") as file:
             compressed = file.read(2) == GZIP_MAGIC
+        size = path.stat().st_size
         with (gzip.open(path, "rb") if compressed else open(path, "rb")) as file:
-            return file.read()
+            shape, dtype = idx_header(file, str(path))
+            header = 4 + 4 * len(shape)
+            capacity = size * GZIP_MAX_RATIO if compressed else size - header
+            return read_announced(file, shape, dtype, capacity, str(path))
     except (OSError, EOFError, zlib.error) as error:
-        raise DataError(f"{path}: cannot read it ({error}); the file is damaged or incomplete, "
-                        "replace it with a fresh copy") from None
-
-
-def parse_idx(data: bytes, name: str = "IDX data") -> np.ndarray:
-    """Decode the bytes of one IDX file: magic (0, 0, type, ndim), big-endian sizes, values."""
-    if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] not in IDX_DTYPES:
-        raise DataError(f"{name}: not an IDX file (bad magic number {data[:4].hex() or 'none'}); "
-                        "expected MNIST-format files such as train-images-idx3-ubyte.gz")
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DataError(f"{name}: IDX header is cut short; replace the file with a fresh copy")
-    shape = struct.unpack(f">{ndim}I", data[4:header])
-    dtype = np.dtype(IDX_DTYPES[data[2]])
-    expected = math.prod(shape) * dtype.itemsize
-    if len(data) - header != expected:
-        raise DataError(f"{name}: header announces shape {shape} ({expected} bytes) but the file "
-                        f"holds {len(data) - header} bytes; the file is truncated or damaged")
-    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
-    return array.astype(dtype.newbyteorder("="), copy=False)
-
-
-def read_idx(path: str | Path) -> np.ndarray:
-    """One IDX file, gzipped or not."""
-    return parse_idx(read_bytes(path), str(path))
+        if environment_failure(error) is not None:
+            raise
+        raise DataError(f"{path}: cannot read it ({type(error).__name__}: {error}); the file is damaged "
+                        f"or incomplete; {REPLACE}") from None
 
 
 # --- Keras's .npz --------------------------------------------------------------------------------
@@ -76,6 +97,9 @@ NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 def read_npz(path: str | Path, keys: tuple[str, ...] = NPZ_KEYS) -> dict[str, np.ndarray]:
     """The named arrays of a Keras-style .npz archive (no pickles allowed)."""
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path}: not a .npz archive (a .npz file is a zip archive of .npy arrays, "
+                        f"this file is not one); {REPLACE}")
     try:
         with np.load(path, allow_pickle=False) as archive:
             missing = [key for key in keys if key not in archive.files]
@@ -85,9 +109,11 @@ def read_npz(path: str | Path, keys: tuple[str, ...] = NPZ_KEYS) -> dict[str, np
                                 f"layout with {', '.join(keys)}")
             return {key: archive[key] for key in keys}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        # ValueError also covers object arrays, which would need pickles to load.
-        raise DataError(f"{path}: not a readable .npz archive ({error}); replace it with a "
-                        "fresh copy") from None
+        if environment_failure(error) is not None:
+            raise
+        problem = ("holds Python objects (pickles), which cnnlab never loads" if "pickle" in str(error)
+                   else f"not a readable .npz archive ({type(error).__name__})")
+        raise DataError(f"{path}: {problem}; {REPLACE}") from None
 
 
 # --- CIFAR python batches ------------------------------------------------------------------------
@@ -211,8 +237,10 @@ def read_members(
                 if member.isfile() and base in names and base not in found:
                     found[base] = decode(archive.extractfile(member).read(), f"{location}:{member.name}")
     except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
-        raise DataError(f"{location}: not a readable tar archive ({error}); replace it with a "
-                        "fresh copy") from None
+        if environment_failure(error) is not None:
+            raise
+        raise DataError(f"{location}: not a readable tar archive (gzip, bzip2, xz or plain) of CIFAR "
+                        f"python batches ({type(error).__name__}); {REPLACE}") from None
     missing = [name for name in names if name not in found]
     if missing:
         raise DataError(f"{location}: archive lacks {', '.join(missing)}; expected the official "

@@ -1,8 +1,11 @@
-"""Atomic writes and small file helpers.
+"""Atomic, durable writes and small file helpers.
 
-Every artifact is written to a temporary name in the same folder and then moved into
-place with `os.replace`, so a crash or Ctrl-C never leaves a half-written file (or
-folder) that looks finished.
+Every artifact is written to a temporary name in the same folder, flushed to the disk
+(fsync) and then moved into place with `os.replace`, so a crash, a Ctrl-C or a power cut
+never leaves a half-written file (or folder) that looks finished. Temporary names carry
+the writer's process id: the next run removes those of processes that no longer exist.
+A full disk or a permission problem while writing becomes one `EnvironmentFailure` line
+that names the artifact; the previous version of it stays as it was.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from stages.errors import DataError
+from stages.errors import DataError, environment_failure
 
 
 def _current_umask() -> int:
@@ -28,25 +31,98 @@ def _current_umask() -> int:
     return mask
 
 
+def _fsync(path: Path) -> None:
+    """Flush a file, or a folder's entries, to the disk."""
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for directory, _, names in os.walk(folder):
+        for name in names:
+            _fsync(Path(directory) / name)
+        _fsync(Path(directory))
+
+
 def _publish(temp: Path, target: Path, mode: int) -> None:
-    """Give the temporary file or folder normal permissions (mkstemp makes them private), then move it."""
+    """Give the temporary file or folder normal permissions (mkstemp makes them private), flush
+    it to the disk, then move it into place (and flush the move)."""
     os.chmod(temp, mode & ~_current_umask())
+    _fsync_tree(temp) if temp.is_dir() else _fsync(temp)
     os.replace(temp, target)
+    _fsync(target.parent)
+
+
+def _temp_prefix(target: Path) -> str:
+    return f".{target.name}.{os.getpid()}."
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(target: Path) -> None:
+    """Delete the temporary files and folders that killed runs left beside `target`
+    (`.<name>.<pid>.*` of a process that no longer exists)."""
+    marker = f".{target.name}."
+    with contextlib.suppress(OSError):
+        for path in target.parent.iterdir():
+            owner = path.name[len(marker):].split(".", 1)[0] if path.name.startswith(marker) else ""
+            if owner.isdigit() and int(owner) != os.getpid() and not _process_alive(int(owner)):
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def environment_errors(target: Path, temp: Path | None = None) -> Iterator[None]:
+    """A full disk or a refused permission while writing `target` (creating its temporary, or
+    writing into the temporary `temp`) becomes one line naming `target`; the same refusal on
+    another file (one the block reads) names that file."""
+    try:
+        yield
+    except OSError as error:
+        # shutil.copyfile names its source in filename and its destination in filename2.
+        names = [str(name) for name in (error.filename, error.filename2) if name is not None]
+        ours = temp is None or not names or any(name.startswith(str(temp)) for name in names)
+        failure = environment_failure(error, target if ours else None)
+        if failure is None:
+            raise
+        raise failure from error
+
+
+def scratch_dir(target: Path, what: str = "scratch"):
+    """A temporary folder beside `target` (same disk), removed at the end and by later runs
+    if this one is killed."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(target)
+    return tempfile.TemporaryDirectory(prefix=f"{_temp_prefix(target)}{what}.", dir=target.parent)
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary file path that replaces `path` only if the block succeeds."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=".tmp" + target.suffix, dir=target.parent
-    )
-    os.close(handle)
+    with environment_errors(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(target)
+        # The full suffix (.weights.h5, .keras, .npy) so that writers that check it accept the name.
+        handle, temp_name = tempfile.mkstemp(
+            prefix=_temp_prefix(target), suffix=".tmp" + "".join(target.suffixes[-2:]), dir=target.parent
+        )
+        os.close(handle)
     temp = Path(temp_name)
     try:
-        yield temp
-        _publish(temp, target, 0o666)
+        with environment_errors(target, temp):
+            yield temp
+            _publish(temp, target, 0o666)
     finally:
         temp.unlink(missing_ok=True)
 
@@ -55,19 +131,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary folder that replaces the folder `path` if the block succeeds."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    with environment_errors(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(target)
+        temp = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent))
     try:
-        yield temp
-        # A folder cannot be os.replace'd over a non-empty one: move the old one aside first.
-        old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}.old.{os.getpid()}")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-        _publish(temp, target, 0o777)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        with environment_errors(target, temp):
+            yield temp
+            # A folder cannot be os.replace'd over a non-empty one: move the old one aside first.
+            old = None
+            if target.exists():
+                old = target.with_name(f"{_temp_prefix(target)}old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(target, old)
+            _publish(temp, target, 0o777)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
 
@@ -128,8 +207,9 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
     path = require_file(path, what)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise DataError(f"{what} {path} is not valid JSON ({error}); re-run dvc repro") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+        problem = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise DataError(f"{what} {path} is not valid JSON ({problem}); re-run dvc repro") from None
 
 
 def save_array(path: str | os.PathLike, array: np.ndarray) -> None:
@@ -137,7 +217,27 @@ def save_array(path: str | os.PathLike, array: np.ndarray) -> None:
         np.save(temp, array, allow_pickle=False)
 
 
+def open_array(path: str | os.PathLike, dtype, shape: tuple[int, ...]) -> np.memmap:
+    """A new .npy file of `shape`, memory-mapped for writing, its disk space reserved first: on a
+    full disk this fails here with ENOSPC, where writing through the map would kill the process
+    with SIGBUS."""
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    handle = os.open(path, os.O_RDWR)
+    try:
+        size = os.fstat(handle).st_size
+        if size:
+            os.posix_fallocate(handle, 0, size)
+    finally:
+        os.close(handle)
+    return array
+
+
 def load_array(path: str | os.PathLike, mmap: bool = True) -> np.ndarray:
     """Load a .npy file, memory-mapped by default so large arrays are not read whole."""
     path = require_file(path, "array")
     return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """A path as printable UTF-8 text: bytes of a file name that are not UTF-8 are shown as \\xNN."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")

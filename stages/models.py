@@ -22,7 +22,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from stages.config import ModelParams, per_block
+from stages.config import ModelParams, bad_value, per_block
+
+BLOCK_SETTINGS = ("kernel_size", "strides", "padding", "pooling", "pool_size", "pool_padding", "conv_dropout")
 
 
 def build_model(params: ModelParams, input_shape: tuple[int, ...], num_classes: int,
@@ -70,14 +72,56 @@ def normalized_activation(params: ModelParams, name: str, x):
     return layers.Activation(params.activation, name=f"{name}_act")(x)
 
 
+def block_settings(params: ModelParams, index: int) -> dict:
+    """Kernel, strides, padding, pooling and dropout of conv block `index` (counted from 0)."""
+    blocks = len(params.conv_filters)
+    return {name: per_block(getattr(params, name), blocks)[index] for name in BLOCK_SETTINGS}
+
+
+def same_padding(size: int, window: int, stride: int) -> int:
+    """Total padding of TensorFlow's "same": just enough that out = ceil(size / stride)."""
+    return max((math.ceil(size / stride) - 1) * stride + window - size, 0)
+
+
+def window_output(size: int, window: int, stride: int, padding: str) -> int:
+    """Output side of a convolution or pooling window: (W - F + 2P) / S + 1, rounded down."""
+    total_padding = same_padding(size, window, stride) if padding == "same" else 0
+    return (size - window + total_padding) // stride + 1
+
+
+def check_architecture(params: ModelParams, image_shape) -> None:
+    """Refuse (as a params error naming the block and the sizes) conv blocks whose convolution
+    or pooling window is larger than the feature map it slides over: Keras would build a layer
+    with no output. Pure arithmetic, so it runs before TensorFlow starts."""
+    if params.architecture != "cnn":
+        return
+    height, width = int(image_shape[0]), int(image_shape[1])
+    blocks = len(params.conv_filters)
+    for index in range(blocks):
+        setting = block_settings(params, index)
+        windows = [("kernel_size", setting["kernel_size"], setting["strides"], "padding")]
+        if setting["pooling"] != "none":
+            windows.append(("pool_size", setting["pool_size"], setting["pool_size"], "pool_padding"))
+        for key, window, stride, padding_key in windows:
+            padding = setting[padding_key]
+            new = window_output(height, window, stride, padding), window_output(width, window, stride, padding)
+            if min(new) < 1:  # only 'valid' padding shrinks a side below the window
+                after = "" if not index else " after block 1" if index == 1 else f" after blocks 1-{index}"
+                value = getattr(params, key)
+                raise bad_value(
+                    f"model.{key}", f"at most {min(height, width)} in conv block {index + 1} of {blocks} "
+                    f"(its input is {height}x{width}{after} and model.{padding_key} is 'valid'), or "
+                    f"model.{padding_key}=same, or fewer conv blocks",
+                    list(value) if isinstance(value, tuple) else value)
+            height, width = new
+
+
 def conv_block(params: ModelParams, index: int, x):
     """Block `index`: Conv2D [+ BatchNormalization + Activation], or a residual block, then
     [+ pooling] [+ Dropout]."""
     from keras import layers
 
-    blocks = len(params.conv_filters)
-    setting = {name: per_block(getattr(params, name), blocks)[index] for name in (
-        "kernel_size", "strides", "padding", "pooling", "pool_size", "pool_padding", "conv_dropout")}
+    setting = block_settings(params, index)
     name = f"conv{index + 1}"
     if params.residual and index > 0:
         x = residual_block(params, name, params.conv_filters[index], setting, x)

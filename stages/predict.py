@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from stages.artifacts import read_meta, read_model
 from stages.errors import DataError
 from stages.images import IMAGE_EXTENSIONS, UnreadableImage, is_image_file, load_image, normalize
-from stages.io import atomic_path, read_json, require_file
+from stages.io import atomic_path, display_path
 
 # Exit code of `cnnlab predict` when some files were unreadable (the others were classified).
 PARTIAL_FAILURE_EXIT_CODE = 1
@@ -57,6 +58,12 @@ class Predictions:
     failures: list[tuple[Path, str]] = field(default_factory=list)  # (file, why it was skipped)
 
 
+def check_output_path(output_csv: str | Path | None) -> None:
+    if output_csv is not None and Path(output_csv).is_dir():
+        raise DataError(f"--output {output_csv} is a folder; give the name of the CSV file to write, "
+                        f"such as {Path(output_csv) / 'predictions.csv'}")
+
+
 def find_images(paths: Iterable[str | Path]) -> list[Path]:
     """Files named on the command line as they are, plus the image files inside folders (recursive)."""
     files: list[Path] = []
@@ -70,7 +77,8 @@ def find_images(paths: Iterable[str | Path]) -> list[Path]:
     if not files:
         raise DataError(
             f"no image files found in {', '.join(map(str, paths))}; "
-            f"expected files ending in {', '.join(IMAGE_EXTENSIONS)}"
+            f"expected files ending in {', '.join(IMAGE_EXTENSIONS)}; pass image files, or folders "
+            "that hold some"
         )
     return list(dict.fromkeys(files))  # a file named twice (or inside a named folder) once
 
@@ -88,26 +96,6 @@ def load_batch(files: Sequence[Path], settings: ImageSettings):
     return inputs, loaded, failures
 
 
-def load_classifier(model_path: str | Path, settings: ImageSettings):
-    """The trained Keras model, checked against the image shape recorded by `prepare`."""
-    from stages.runtime import import_tensorflow
-
-    require_file(model_path, "trained model")  # before the seconds-long TensorFlow import
-    import_tensorflow()
-    import keras
-
-    model = keras.saving.load_model(model_path, safe_mode=True)
-    expected, outputs = tuple(model.input_shape[1:]), model.output_shape[-1]
-    num_classes = len(settings.class_names)
-    if expected != settings.input_shape or outputs not in (num_classes, 1 if num_classes == 2 else None):
-        raise DataError(
-            f"{model_path} takes images of shape {list(expected)} and gives {outputs} outputs, but "
-            f"meta.json records {list(settings.input_shape)} and {num_classes} classes; the model and "
-            "data/prepared come from different runs, re-run dvc repro"
-        )
-    return model
-
-
 def class_probabilities(outputs, num_classes: int) -> np.ndarray:
     """One probability per class; a binary model's single sigmoid unit p becomes [1 - p, p]."""
     outputs = np.asarray(outputs, dtype=np.float64)
@@ -123,7 +111,7 @@ def top_k_table(files: Sequence[Path], probabilities: np.ndarray, class_names: S
     # A stable sort keeps the lowest class id first among ties, as argmax (and evaluate) does.
     ranked = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
     names = np.asarray(class_names, dtype=object)
-    table = pd.DataFrame({"file": [str(path) for path in files]})
+    table = pd.DataFrame({"file": [display_path(path) for path in files]})  # valid UTF-8, always
     for rank in range(top_k):
         label = "predicted" if rank == 0 else f"top_{rank + 1}"
         table[label] = names[ranked[:, rank]]
@@ -147,9 +135,11 @@ def predict(
     batch_size: int = 256, top_k: int = 3, output_csv: str | Path | None = None,
 ) -> Predictions:
     """Classify image files and folders of images; write the table to `output_csv` if given."""
-    settings = ImageSettings.from_meta(read_json(meta_path, "prepared metadata"), meta_path)
+    meta = read_meta(meta_path)
+    settings = ImageSettings.from_meta(meta, meta_path)
+    check_output_path(output_csv)
     files = find_images(paths)  # before loading the model: a typo fails in a second, not ten
-    model = load_classifier(model_path, settings)
+    model = read_model(model_path, meta)
 
     classified, batches, failures = [], [], []
     with progress_bar() as progress:

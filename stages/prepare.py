@@ -14,17 +14,17 @@ float32 copy at once, and `train` can memory-map the result.
 from __future__ import annotations
 
 import math
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from stages import plots
+from stages.artifacts import META_FILE
 from stages.config import PrepareParams
 from stages.datasets import RawDataset, load_dataset
 from stages.images import normalize
-from stages.io import atomic_dir, save_array, write_json
+from stages.io import atomic_dir, open_array, save_array, scratch_dir, write_json
 from stages.progress import track
 from stages.splits import limit_per_class, stratified_holdout
 
@@ -92,7 +92,7 @@ def normalization_record(method: str, train: Split, scale: float) -> dict:
 def write_images(path: Path, split: Split, normalization: dict, name: str) -> None:
     """Normalize the split's images into a memory-mapped float32 .npy, chunk by chunk."""
     shape = (len(split.indices), *split.images.shape[1:])
-    output = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+    output = open_array(path, np.float32, shape)
     for start, images in split.chunks(f"writing {name} images"):
         output[start:start + len(images)] = normalize(images, normalization)
     output.flush()
@@ -126,6 +126,7 @@ def build_meta(params: PrepareParams, seed: int, raw: RawDataset, splits: dict[s
         "limit": params.limit,
         "skipped_files": list(raw.skipped),
         "ignored_files": raw.ignored_files,
+        "skipped_links": list(raw.links),
     }
 
 
@@ -134,9 +135,7 @@ def prepare(params: PrepareParams, seed: int, output_dir: str | Path) -> dict:
     output_dir = Path(output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     # Decoded folders go to scratch files beside the output (same disk), deleted at the end.
-    with atomic_dir(output_dir) as folder, tempfile.TemporaryDirectory(
-        prefix=f".{output_dir.name}.scratch.", dir=output_dir.parent
-    ) as scratch:
+    with atomic_dir(output_dir) as folder, scratch_dir(output_dir) as scratch:
         raw = load_dataset(params, seed, Path(scratch))
         splits = split_dataset(raw, params, seed)
         normalization = normalization_record(params.normalization, splits["train"], raw.max_value)
@@ -145,16 +144,25 @@ def prepare(params: PrepareParams, seed: int, output_dir: str | Path) -> dict:
             save_array(folder / f"{name}_y.npy", np.asarray(split.labels, dtype=np.int64))
         write_samples(splits["train"], raw.class_names, raw.max_value, folder / "samples.png")
         meta = build_meta(params, seed, raw, splits, normalization)
-        write_json(folder / "meta.json", meta)
+        write_json(folder / META_FILE, meta)
     return meta
 
 
-def skipped_warning(meta: dict, shown: int = 5) -> str | None:
-    """One line naming the unreadable files prepare skipped (all of them are in meta.json)."""
-    skipped = meta.get("skipped_files") or []
-    if not skipped:
-        return None
-    listed = "; ".join(f"{entry['path']} ({entry['reason']})" for entry in skipped[:shown])
-    more = f"; and {len(skipped) - shown} more" if len(skipped) > shown else ""
-    return (f"skipped {len(skipped)} unreadable image file(s): {listed}{more} "
-            "(all listed under skipped_files in meta.json)")
+def listed(items: list[str], shown: int = 5) -> str:
+    more = f"; and {len(items) - shown} more" if len(items) > shown else ""
+    return "; ".join(items[:shown]) + more
+
+
+def skipped_warnings(meta: dict) -> list[str]:
+    """One line naming the unreadable files prepare skipped, one naming the links to folders it
+    did not follow (all of them are in meta.json)."""
+    warnings = []
+    if skipped := meta.get("skipped_files"):
+        files = listed([f"{entry['path']} ({entry['reason']})" for entry in skipped])
+        warnings.append(f"skipped {len(skipped)} unreadable image file(s): {files} "
+                        "(all listed under skipped_files in meta.json)")
+    if links := meta.get("skipped_links"):
+        warnings.append(f"did not follow {len(links)} link(s) to folders: {listed(links)} (a link "
+                        "could lead back into the data folder or out of it; move or copy the images "
+                        "into the class folders instead)")
+    return warnings

@@ -23,6 +23,7 @@ from stages import compare, plots
 from stages.calibration import BINNING
 from stages.config import Params, ReportParams
 from stages.diagnosis import diagnose_fit
+from stages.artifacts import META_FILE, read_meta
 from stages.errors import CnnlabError
 from stages.io import atomic_dir, read_json, require_file, write_text
 from stages.params_text import flatten, show
@@ -352,7 +353,7 @@ def write_figures(inputs: ReportInputs, summary: dict, metrics: dict, output_pat
 def report(params: ReportParams, inputs: ReportInputs, output_path: str | Path) -> str:
     """Run the stage; return the Markdown written to `output_path`."""
     output_path = Path(output_path)
-    meta = read_json(inputs.prepared_dir / "meta.json", "prepared metadata")
+    meta = read_meta(inputs.prepared_dir / META_FILE)
     summary = read_json(inputs.summary_path, "training summary")
     metrics = read_json(inputs.metrics_path, "test metrics")
     per_class = pd.read_csv(

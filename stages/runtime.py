@@ -6,15 +6,34 @@ TensorFlow takes seconds to import, so only the stages that train or predict cal
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
 
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """Point file descriptor 2 at /dev/null while the block runs: what C++ libraries print
+    there at load time, before any log level applies, never reaches the user."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as sink:
+            os.dup2(sink.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def import_tensorflow():
     """Import TensorFlow quietly and return the module."""
-    # Hide TF's C++ start-up chatter (CUDA probing, CPU feature notes) unless asked for.
+    # Hide TF's C++ start-up chatter (CUDA probing, oneDNN notes, "All log messages before
+    # absl::InitializeLog()") unless asked for with TF_CPP_MIN_LOG_LEVEL=0 or 1.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import tensorflow as tf
+    quiet = "tensorflow" not in sys.modules and os.environ["TF_CPP_MIN_LOG_LEVEL"] not in ("0", "1")
+    with native_stderr_silenced() if quiet else contextlib.nullcontext():
+        import tensorflow as tf
 
     return tf
 

@@ -15,16 +15,19 @@ import dataclasses
 import math
 from pathlib import Path
 
+from stages.artifacts import META_FILE, read_meta
 from stages.config import Params
-from stages.io import read_json
+from stages.models import (
+    build_model, check_architecture, layer_table, parameter_totals, same_padding, window_output,
+)
 
 
 def model_summary(params: Params, prepared_dir: str | Path) -> dict:
     """Build the model for `params` and the shapes in meta.json; its layer table and totals."""
-    from stages.models import build_model, layer_table, parameter_totals
     from stages.runtime import import_tensorflow
 
-    meta = read_json(Path(prepared_dir) / "meta.json", "prepared metadata")
+    meta = read_meta(Path(prepared_dir) / META_FILE)
+    check_architecture(params.model, meta["image_shape"])  # before TensorFlow starts
     import_tensorflow()
     # Pretrained weights change no shape or count: never download them just to show the table.
     model_params = dataclasses.replace(params.model, base_weights="none")
@@ -45,11 +48,8 @@ def _number(value: int) -> str:
 
 def sliding_window(size: int, window: int, stride: int, padding: str) -> tuple[int, str]:
     """Output side of a convolution or pooling window, with the formula filled in."""
-    if padding == "valid":
-        total_padding = 0
-    else:  # TensorFlow's "same": pad just enough that out = ceil(size / stride)
-        total_padding = max((math.ceil(size / stride) - 1) * stride + window - size, 0)
-    out = (size - window + total_padding) // stride + 1
+    total_padding = same_padding(size, window, stride) if padding == "same" else 0
+    out = window_output(size, window, stride, padding)
     exact = (size - window + total_padding) % stride == 0
     body = f"({size} − {window} + {total_padding})/{stride}"
     note = f" (padding same: 2P = {total_padding})" if padding == "same" else ""

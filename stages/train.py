@@ -24,12 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.augment import load_training_set, online_augmentation
+from stages.artifacts import META_FILE, read_meta, read_policy, read_split, read_training_set
+from stages.augment import online_augmentation
 from stages.checkpoints import TrainingState, fingerprint, load_state, make_checkpointer, restore
 from stages.config import Params
 from stages.errors import CnnlabError
-from stages.io import atomic_dir, load_array, publish_keras_archive, read_json, rounded, write_json
-from stages.models import build_model, layer_table, parameter_totals
+from stages.io import atomic_dir, publish_keras_archive, rounded, write_json
+from stages.models import build_model, check_architecture, layer_table, parameter_totals
 from stages.optimization import (
     LossChoice, choose_loss, make_accuracy, make_loss, make_optimizer, make_schedule, plateau_callback,
 )
@@ -222,9 +223,11 @@ def train(
     the summary written to summary.json. `strategy` defaults to `distribution_strategy()`;
     `callbacks` are more Keras callbacks, called after the stage's own (benchmarks use them)."""
     prepared_dir, folder = Path(prepared_dir), Path(checkpoint_dir)
-    meta = read_json(prepared_dir / "meta.json", "prepared metadata")
-    train_x, train_y = load_training_set(prepared_dir, augmented_dir)
-    val_x, val_y = load_array(prepared_dir / "val_x.npy"), load_array(prepared_dir / "val_y.npy")
+    meta = read_meta(prepared_dir / META_FILE)
+    check_architecture(params.model, meta["image_shape"])  # before TensorFlow starts
+    policy = read_policy(augmented_dir)
+    train_x, train_y = read_training_set(prepared_dir, augmented_dir, meta, policy)
+    val_x, val_y = read_split(prepared_dir, "val", meta)
     num_classes, batch_size = meta["num_classes"], params.train.batch_size
     loss = choose_loss(params.train, num_classes)
     precision = resolve_precision(params.train.precision)
@@ -232,7 +235,7 @@ def train(
     settings = {"seed": params.seed, "model": dataclasses.asdict(params.model), "meta": meta,
                 "train": dataclasses.asdict(params.train), "precision": precision,
                 "replicas": strategy.num_replicas_in_sync,
-                "policy": read_json(Path(augmented_dir) / "policy.json", "augmentation policy")}
+                "policy": policy}
     key = fingerprint(settings, [train_x, train_y, val_x, val_y])
     folder.mkdir(parents=True, exist_ok=True)
     state = load_state(folder, key)

@@ -104,3 +104,20 @@ def trained_digits(tmp_path_factory) -> Path:
     for command in (["prepare"], ["augment"], ["train"], ["evaluate"]):
         run_cnnlab(*command, cwd=folder, check=True)
     return folder
+
+
+def error_line(result: subprocess.CompletedProcess, exit_code: int = 2) -> str:
+    """The one `cnnlab: error:` line a failed command printed (asserting there is exactly one,
+    no traceback, and the exit code: 2 bad input, 1 environment failure)."""
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == exit_code, result.stderr
+    assert len(lines) == 1 and lines[0].startswith("cnnlab: error: "), result.stderr
+    return lines[0].removeprefix("cnnlab: error: ")
+
+
+def digests(*folders: Path) -> dict[str, str]:
+    """sha256 of every file under `folders`: the artifacts a failed command must leave byte-identical."""
+    import hashlib
+
+    return {str(path): hashlib.sha256(path.read_bytes()).hexdigest()
+            for folder in folders for path in sorted(Path(folder).rglob("*")) if path.is_file()}

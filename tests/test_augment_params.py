@@ -14,7 +14,7 @@ from stages.config import AugmentParams, parse_params
 from stages.errors import ConfigError
 
 DIGITS_META = {
-    "dataset": "digits", "image_shape": [8, 8, 1], "num_classes": 10,
+    "dataset": "digits", "image_shape": [8, 8, 1], "num_classes": 10, "class_names": list("0123456789"),
     "splits": {"train": 100, "val": 20, "test": 20}, "normalization": {"method": "unit", "scale": 16.0},
 }
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import run_cnnlab, write_params
-from stages.augment import PREVIEW_FILE, TRANSFORM_KEYS, augment, build_online_augmenter, load_training_set
+from stages.artifacts import read_training_set
+from stages.augment import PREVIEW_FILE, TRANSFORM_KEYS, augment, build_online_augmenter
 from stages.config import AugmentParams, PrepareParams
 from stages.prepare import prepare
 
@@ -33,7 +34,7 @@ def digests(folder: Path) -> dict[str, str]:
 def test_offline_writes_copies_plus_one_times_n_images_with_matching_labels(prepared, tmp_path, copies):
     before = digests(prepared)
     policy = augment(AugmentParams(mode="offline", copies=copies), 42, prepared, tmp_path / "augmented")
-    images, labels = load_training_set(prepared, tmp_path / "augmented")
+    images, labels = read_training_set(prepared, tmp_path / "augmented")
     original_x, original_y = np.load(prepared / "train_x.npy"), np.load(prepared / "train_y.npy")
     count = len(original_y)
     assert images.shape == ((copies + 1) * count, *original_x.shape[1:]) and images.dtype == np.float32
@@ -66,7 +67,7 @@ def test_online_writes_the_policy_and_no_arrays(prepared, tmp_path):
     assert {path.name for path in (tmp_path / "augmented").iterdir()} == {PREVIEW_FILE, "policy.json"}
     assert json.loads((tmp_path / "augmented" / "policy.json").read_text()) == policy
     assert policy["materialized"] is False and policy["transforms"]["rotation"] == 12.0
-    images, labels = load_training_set(prepared, tmp_path / "augmented")
+    images, labels = read_training_set(prepared, tmp_path / "augmented")
     np.testing.assert_array_equal(images, np.load(prepared / "train_x.npy"))
     assert (tmp_path / "augmented" / PREVIEW_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -11,6 +11,7 @@ from PIL import Image
 
 from stages.config import EvaluateParams, ModelParams
 from stages.io import save_array
+from tests.training_data import meta_record
 
 pytestmark = pytest.mark.tf
 
@@ -19,8 +20,7 @@ def write_prepared(folder, class_names, test_x, test_y):
     folder.mkdir(parents=True)
     save_array(folder / "test_x.npy", test_x.astype(np.float32))
     save_array(folder / "test_y.npy", test_y.astype(np.int64))
-    (folder / "meta.json").write_text(json.dumps({"class_names": class_names, "num_classes": len(class_names),
-                                                  "image_shape": list(test_x.shape[1:])}))
+    (folder / "meta.json").write_text(json.dumps(meta_record(class_names, test_x.shape[1:], {"test": len(test_y)})))
 
 
 def tiny_data(num_classes: int, seed: int = 0):

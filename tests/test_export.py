@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cnnlab
+from training_data import meta_record
 from stages.images import normalize
 
 pytestmark = pytest.mark.tf
@@ -73,8 +74,7 @@ def test_a_binary_sigmoid_model_exports_two_class_probabilities(tmp_path):
     outputs = keras.layers.Dense(1, activation="sigmoid")(keras.layers.Flatten()(inputs))
     model = keras.Model(inputs, outputs)
     model.save(tmp_path / "binary.keras")
-    meta = {"image_shape": [4, 4, 3], "class_names": ["cat", "dog"],
-            "normalization": {"method": "unit", "scale": 255.0}}
+    meta = meta_record(["cat", "dog"], [4, 4, 3])
     (tmp_path / "meta.json").write_text(json.dumps(meta))
     pixels = np.random.default_rng(1).integers(0, 256, (16, 4, 4, 3)).astype(np.float32)
 

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
-from stages.errors import DataError
-from stages.io import atomic_dir, atomic_path, load_array, read_json, save_array, write_json
+from stages.errors import DataError, EnvironmentFailure
+from stages.io import (
+    atomic_dir, atomic_path, load_array, open_array, read_json, save_array, write_json, write_text,
+)
 
 
 def test_failed_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path):
@@ -55,3 +62,41 @@ def test_arrays_round_trip_memory_mapped_without_pickle(tmp_path):
 def test_missing_artifacts_say_which_stage_to_run(tmp_path):
     with pytest.raises(DataError, match=r"prepared metadata not found: .*meta.json; run the stage"):
         read_json(tmp_path / "meta.json", "prepared metadata")
+
+
+def test_temporaries_of_killed_runs_are_removed_by_the_next_run(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    gone, alive = int(dead.stdout), os.getppid()  # a finished process; pytest's parent, still running
+    stale = [tmp_path / f".prepared.{gone}.x1.tmp", tmp_path / f".prepared.{gone}.scratch.x2",
+             tmp_path / f".prepared.{gone}.old"]
+    for folder in stale:
+        (folder / "train_x.npy").parent.mkdir(parents=True)
+        (folder / "train_x.npy").write_bytes(b"half")
+    (tmp_path / f".model.keras.{gone}.x3.tmp.keras").write_bytes(b"half")
+    busy = tmp_path / f".prepared.{alive}.x4.tmp"
+    busy.mkdir()
+
+    with atomic_dir(tmp_path / "prepared") as folder:
+        (folder / "meta.json").write_text("{}")
+    write_text(tmp_path / "model.keras", "done")
+
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([busy.name, "model.keras", "prepared"])
+
+
+def test_a_memory_mapped_array_reserves_its_disk_space(tmp_path):
+    array = open_array(tmp_path / "x.npy", np.float32, (100, 8, 8, 1))
+    array[:] = 1.0
+    array.flush()
+    assert os.stat(tmp_path / "x.npy").st_blocks * 512 >= 100 * 64 * 4
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), np.ones((100, 8, 8, 1), np.float32))
+
+
+def test_environment_failures_name_the_artifact_being_written(tmp_path):
+    with pytest.raises(EnvironmentFailure, match=r"^cannot write .*metrics.json: no space left on the disk; "):
+        with atomic_path(tmp_path / "metrics.json"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(FileNotFoundError):  # not the machine refusing a write: it keeps its traceback
+        with atomic_path(tmp_path / "metrics.json"):
+            raise FileNotFoundError(errno.ENOENT, "gone")

@@ -11,6 +11,7 @@ import yaml
 
 from stages.config import ACTIVATIONS, parse_params
 from tests.conftest import REPO_ROOT, run_cnnlab
+from tests.training_data import meta_record
 
 pytestmark = pytest.mark.tf
 
@@ -205,7 +206,7 @@ def test_cnnlab_summary_prints_the_table_and_the_explained_formulas(tmp_path: Pa
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"model": raw["model"], "train": raw["train"]}))
     prepared = tmp_path / "data" / "prepared"
     prepared.mkdir(parents=True)  # summary needs only the shapes in meta.json
-    (prepared / "meta.json").write_text(json.dumps({"image_shape": [28, 28, 1], "num_classes": 10}))
+    (prepared / "meta.json").write_text(json.dumps(meta_record(list("0123456789"), [28, 28, 1])))
 
     plain = run_cnnlab("summary", cwd=tmp_path, check=True).stdout
     assert "147,520" in plain and "Total params:" in plain and "166,986" in plain

@@ -17,8 +17,9 @@ from stages.predict import (
     PARTIAL_FAILURE_EXIT_CODE, ImageSettings, class_probabilities, find_images, load_batch, top_k_table,
 )
 
-DIGITS_META = {"image_shape": [8, 8, 1], "normalization": {"method": "unit", "scale": 16.0},
-               "class_names": [str(digit) for digit in range(10)]}
+DIGITS_META = {"dataset": "digits", "image_shape": [8, 8, 1], "normalization": {"method": "unit", "scale": 16.0},
+               "class_names": [str(digit) for digit in range(10)], "num_classes": 10,
+               "splits": {"train": 1255, "val": 271, "test": 271}}
 
 
 def write_digit_pngs(prepared: Path, folder: Path, split: str = "test") -> list[Path]:

@@ -51,7 +51,8 @@ def make_artifacts(root: Path, layers: bool = True, preview: bool = True) -> lis
     prepared.mkdir(parents=True)
     (prepared / "meta.json").write_text(json.dumps({
         "dataset": "shapes", "source": "synthetic test shapes", "class_names": CLASS_NAMES, "num_classes": 3,
-        "image_shape": [8, 8, 1], "splits": {"train": 30, "val": 6, "test": 9}}))
+        "image_shape": [8, 8, 1], "splits": {"train": 30, "val": 6, "test": 9},
+        "normalization": {"method": "unit", "scale": 255.0}}))
     plots.sample_grid(images, labels, CLASS_NAMES, prepared / "samples.png", per_class=2)
     augmented = root / "data" / "augmented"
     augmented.mkdir(parents=True)

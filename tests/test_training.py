@@ -117,7 +117,8 @@ def test_sparse_loss_feeds_integer_labels(tmp_path):
 
 def test_binary_task_trains_one_sigmoid_unit_and_evaluates_as_two_columns(tmp_path):
     from stages.config import EvaluateParams
-    from stages.evaluate import evaluate, load_model, predict_probabilities
+    from stages.artifacts import read_model
+    from stages.evaluate import evaluate, predict_probabilities
 
     _, state = run_training(tmp_path, num_classes=2, train={"label_smoothing": 0.05, "epochs": 3,
                                                             "learning_rate": 0.02})
@@ -125,7 +126,7 @@ def test_binary_task_trains_one_sigmoid_unit_and_evaluates_as_two_columns(tmp_pa
     assert type(model.loss).__name__ == "BinaryCrossentropy" and model.output.shape == (None, 1)
     assert state["history"]["loss"][-1] < state["history"]["loss"][0]
     test_x = np.load(tmp_path / "prepared" / "test_x.npy")
-    probabilities = predict_probabilities(load_model(tmp_path / "model.keras"), test_x, 64)
+    probabilities = predict_probabilities(read_model(tmp_path / "model.keras"), test_x, 64)
     assert probabilities.shape == (len(test_x), 2)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
     metrics = evaluate(EvaluateParams(), tmp_path / "model.keras", tmp_path / "prepared",

@@ -24,6 +24,14 @@ def class_images(labels: np.ndarray, shape: tuple[int, int, int], rng: np.random
     return images.clip(0.0, 1.0)
 
 
+def meta_record(class_names: list[str], image_shape, splits: dict | None = None, scale: float = 255.0) -> dict:
+    """A meta.json with every field that `prepare` writes and stages.artifacts.read_meta checks."""
+    return {"dataset": "synthetic", "source": "tests", "class_names": list(class_names),
+            "num_classes": len(class_names), "image_shape": list(image_shape),
+            "splits": {"train": 0, "val": 0, "test": 0, **(splits or {})},
+            "normalization": {"method": "unit", "scale": scale}}
+
+
 def write_prepared(folder: Path, num_classes: int = 3, shape=(8, 8, 1), scale: int = 8, seed: int = 0) -> Path:
     """folder/prepared (arrays + meta.json) and folder/augmented (augment stage, mode off)."""
     rng = np.random.default_rng(seed)
@@ -35,9 +43,7 @@ def write_prepared(folder: Path, num_classes: int = 3, shape=(8, 8, 1), scale: i
         np.save(prepared / f"{split}_x.npy", class_images(labels, shape, rng))
         np.save(prepared / f"{split}_y.npy", labels)
         sizes[split] = int(len(labels))
-    meta = {"dataset": "synthetic", "source": "tests/training_data.py", "num_classes": num_classes,
-            "class_names": [f"class{index}" for index in range(num_classes)], "image_shape": list(shape),
-            "splits": sizes, "normalization": {"method": "unit", "scale": 255.0}, "seed": seed}
+    meta = {**meta_record([f"class{index}" for index in range(num_classes)], shape, sizes), "seed": seed}
     (prepared / "meta.json").write_text(json.dumps(meta))
     augment(AugmentParams(), seed, prepared, folder / "augmented")
     return prepared
