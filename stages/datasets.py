@@ -408,14 +408,17 @@ def survey(params: PrepareParams) -> list[Availability]:
     return rows
 
 
-def format_survey(rows: list[Availability], selected: str) -> str:
-    """A plain-text table (one line per source) for the terminal and for logs."""
-    lines = [f"  {'source':<14} {'offline':<8} where / how"]
+def survey_table(rows: list[Availability], selected: str):
+    """The survey as a rich table (source, offline, where / how); * marks prepare.dataset."""
+    from rich.table import Table
+
+    table = Table(caption="* = prepare.dataset in params.yaml", caption_justify="left", expand=False)
+    table.add_column("", width=1)
+    table.add_column("source", no_wrap=True)
+    table.add_column("offline", no_wrap=True)
+    table.add_column("where / how", overflow="fold")
     for row in rows:
-        mark = "*" if row.name == selected else " "
         state = {True: "yes", False: "no", None: "-"}[row.available]
         where = " | ".join(part for part in (row.location, row.note) if part)
-        lines.append(f"{mark} {row.name:<14} {state:<8} {where}")
-    lines.append("(* = prepare.dataset in params.yaml)")
-    return "\n".join(lines)
-
+        table.add_row("*" if row.name == selected else "", row.name, state, where)
+    return table
