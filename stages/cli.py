@@ -98,7 +98,8 @@ def prepare(params: str = ParamsOption, output: Path = PreparedOption) -> None:
     if warning := skipped_warning(meta):
         typer.echo(f"cnnlab: warning: {warning}", err=True)
     sizes = " / ".join(f"{count} {split}" for split, count in meta["splits"].items())
-    typer.echo(f"prepared {meta['dataset']} ({meta['found_at']}): {sizes} -> {output}")
+    shape = "x".join(map(str, meta["image_shape"]))
+    typer.echo(f"prepared {meta['dataset']} ({meta['found_at']}): {shape} images, {sizes} -> {output}")
 
 
 @tool()

@@ -336,11 +336,12 @@ def load_standard(source: StandardSource, data_dir: str | None) -> RawDataset:
 # --- the folder source and the dispatch ----------------------------------------------------------
 def load_folder(params: PrepareParams, seed: int, scratch_dir: Path) -> RawDataset:
     """The user's folders of class sub-folders, decoded into memory-mapped scratch arrays."""
-    size, mode = tuple(params.image_size), params.color_mode
-    train, listing = load_folder_split(params.data_dir, "prepare.data_dir", size, mode,
-                                       params.limit, seed, scratch_dir / "train.npy")
+    train, listing = load_folder_split(params.data_dir, "prepare.data_dir", params.image_size,
+                                       params.color_mode, params.limit, seed, scratch_dir / "train.npy")
+    size, channels = train.images.shape[1:3], train.images.shape[3]  # auto resolved on train
     test, test_listing = None, None
     if params.test_dir is not None:
+        mode = "grayscale" if channels == 1 else "rgb"
         test, test_listing = load_folder_split(params.test_dir, "prepare.test_dir", size, mode,
                                                params.limit, seed, scratch_dir / "test.npy",
                                                class_names=listing.class_names)
@@ -349,7 +350,7 @@ def load_folder(params: PrepareParams, seed: int, scratch_dir: Path) -> RawDatas
         train.images, train.labels,
         test.images if test else None, test.labels if test else None,
         listing.class_names, max_value=FULL_INTENSITY_8BIT,
-        description=f"image folder ({size[0]}x{size[1]} {mode})", found_at=found_at,
+        description=f"image folder ({train.geometry})", found_at=found_at,
         skipped=train.skipped + (test.skipped if test else ()),
         ignored_files=listing.ignored + (test_listing.ignored if test_listing else 0),
     )
