@@ -9,12 +9,17 @@ from __future__ import annotations
 import os
 import sys
 
+from stages.progress import status
+
 
 def import_tensorflow():
-    """Import TensorFlow quietly and return the module."""
+    """Import TensorFlow quietly (a status line on a terminal: it takes seconds) and return the module."""
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
     # Hide TF's C++ start-up chatter (CUDA probing, CPU feature notes) unless asked for.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import tensorflow as tf
+    with status("importing TensorFlow"):
+        import tensorflow as tf
 
     return tf
 
