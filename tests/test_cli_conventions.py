@@ -3,7 +3,10 @@ shell completion, help grouped into panels without Python types, output that fit
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
 
@@ -22,9 +25,20 @@ def test_version_is_the_installed_one():
     assert result.stdout.strip() == f"cnnlab {version('cnnlab')}"
 
 
-def test_completion_script_is_available_for_cnnlab():
-    result = run_cnnlab("--show-completion", "bash", cwd=REPO_ROOT, check=True)
-    assert "_CNNLAB_COMPLETE" in result.stdout and "complete " in result.stdout
+def complete(mode: str, words: str) -> str:
+    """What the shell gets from cnnlab's completion protocol (what `--install-completion` sets up)."""
+    environment = {**os.environ, "_CNNLAB_COMPLETE": mode, "COMP_WORDS": words,
+                   "COMP_CWORD": str(len(words.split()) - 1)}
+    result = subprocess.run([sys.executable, "-m", "stages"], cwd=REPO_ROOT, env=environment,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_shell_completion_completes_commands_and_options():
+    assert "_cnnlab_completion" in complete("source_bash", "cnnlab")  # the script a shell sources
+    assert complete("complete_bash", "cnnlab pre").split() == ["prepare", "predict"]
+    assert "--top-k" in complete("complete_bash", "cnnlab predict --to").split()
     assert "--install-completion" in run_cnnlab("--help", cwd=REPO_ROOT, check=True).stdout
 
 
