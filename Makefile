@@ -1,15 +1,18 @@
 # The two commands a new user needs: `make repro` and `make test`.
 # Both create .venv from the pinned lock file when it is missing or out of date.
+# requirements.lock is universal (uv): the same file serves Python 3.11, 3.12 and 3.13.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install repro test test-fast lock clean params-table
+.PHONY: install repro test test-fast lock lock-check clean params-table
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -c 'import sys; v = sys.version_info[:2]; \
+	sys.exit(None if (3, 11) <= v <= (3, 13) else "cnnlab needs Python 3.11, 3.12 or 3.13; $(PYTHON) is %d.%d: run `make PYTHON=python3.13 ...`" % v)'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
@@ -26,12 +29,17 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -m "not tf and not e2e"
 
-# Re-pin after changing dependencies in pyproject.toml (run in a fresh venv).
+# Re-pin after changing dependencies in pyproject.toml: one universal lock for every supported
+# Python, keeping today's pins where they still fit (`make lock LOCK_FLAGS=--upgrade` to refresh all).
 lock:
-	rm -rf .lockenv && $(PYTHON) -m venv .lockenv
-	.lockenv/bin/python -m pip install --quiet ".[test]"
-	.lockenv/bin/python -m pip freeze --exclude-editable | grep -v '^cnnlab' > requirements.lock
-	rm -rf .lockenv
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet --disable-pip-version-check "uv>=0.5"
+	$(BIN)/uv pip compile pyproject.toml --extra test --universal --python-version 3.11 \
+	    --no-python-downloads --custom-compile-command "make lock" --quiet $(LOCK_FLAGS) -o requirements.lock
+
+# Resolve the lock for each supported Python (3.11-3.13) on Linux and macOS, without their interpreters.
+lock-check: install
+	$(BIN)/python -m pytest -q tests/test_lock.py
 
 clean:
 	rm -rf $(VENV)

@@ -20,10 +20,11 @@ import argparse
 import time
 
 from stages.augment import TRANSFORM_KEYS, build_online_augmenter
-from stages.config import AugmentParams
+from stages.config import AugmentParams, TrainParams
 from stages.io import load_array
+from stages.optimization import choose_loss
 from stages.runtime import import_tensorflow, seed_everything
-from stages.train import make_dataset
+from stages.train import batch_reader, training_dataset
 
 
 def keras_layers_augmentation(params: AugmentParams, seed: int):
@@ -37,7 +38,7 @@ def keras_layers_augmentation(params: AugmentParams, seed: int):
         keras.layers.RandomZoom(params.zoom, fill_mode="constant", seed=seed),
     ])
 
-    def augment_dataset(dataset):
+    def augment_dataset(dataset, first_step: int = 0):  # same signature as cnnlab's augmenter
         return dataset.map(lambda images, labels: (layers(images, training=True), labels),
                            num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -74,9 +75,11 @@ def main() -> None:
         "cnnlab": build_online_augmenter(policy),
         "keras-layers": keras_layers_augmentation(params, args.seed),
     }
+    num_classes = int(labels.max()) + 1
+    read_batch = batch_reader(images, labels, choose_loss(TrainParams(), num_classes), num_classes)
     timings = {}
-    for name, augmentation in variants.items():
-        dataset = make_dataset(images, labels, args.batch_size, shuffle_seed=args.seed, augmentation=augmentation)
+    for name, augmentation in variants.items():  # one epoch per pass, shuffled as `cnnlab train` does
+        dataset = training_dataset(images, labels, args.batch_size, args.seed, range(1), read_batch, augmentation)
         timings[name] = seconds_per_pass(dataset, args.passes)
     print(f"{len(labels)} images {images.shape[1:]}, batch {args.batch_size}, best of {args.passes} passes")
     for name, seconds in timings.items():

@@ -25,6 +25,7 @@ from stages import plots
 from stages.artifacts import META_FILE, POLICY_FILE, TRANSFORM_KEYS, read_meta, read_policy, read_split
 from stages.config import AugmentParams
 from stages.io import atomic_dir, open_array, save_array, write_json
+from stages.progress import track
 from stages.runtime import import_tensorflow
 
 PREVIEW_FILE = "preview.png"
@@ -121,11 +122,11 @@ def write_copies(augment_batch: Callable, images: np.ndarray, labels: np.ndarray
     output = open_array(folder / "train_x.npy", np.float32, ((copies + 1) * count, *images.shape[1:]))
     output[:count] = images
     augment = tf.function(augment_batch, reduce_retracing=True)
-    for copy in range(1, copies + 1):
-        for start in range(0, count, OFFLINE_CHUNK):
-            chunk_seed = tf.constant([seed, (copy << 32) + start // OFFLINE_CHUNK], dtype=tf.int64)
-            augmented = augment(np.asarray(images[start:start + OFFLINE_CHUNK], np.float32), chunk_seed)
-            output[copy * count + start:copy * count + start + len(augmented)] = augmented.numpy()
+    chunks = [(copy, start) for copy in range(1, copies + 1) for start in range(0, count, OFFLINE_CHUNK)]
+    for copy, start in track(chunks, f"writing {copies} augmented cop{'y' if copies == 1 else 'ies'}"):
+        chunk_seed = tf.constant([seed, (copy << 32) + start // OFFLINE_CHUNK], dtype=tf.int64)
+        augmented = augment(np.asarray(images[start:start + OFFLINE_CHUNK], np.float32), chunk_seed)
+        output[copy * count + start:copy * count + start + len(augmented)] = augmented.numpy()
     output.flush()
     del output  # close the memory map before the folder is moved into place
     save_array(folder / "train_y.npy", np.tile(np.asarray(labels), copies + 1))

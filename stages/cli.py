@@ -8,23 +8,70 @@ from __future__ import annotations
 
 import logging
 import sys
+from functools import partial
+from importlib.metadata import version as installed_version
 from pathlib import Path
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from stages.config import DEFAULT_PARAMS_PATH, load_params
 from stages.errors import (
     ENVIRONMENT_EXIT_CODE, USER_ERROR_EXIT_CODE, CnnlabError, EnvironmentFailure, environment_failure,
 )
 
+
+class PlainHelp:
+    """Help that names what a value is (PATH, INTEGER, TEXT), click's convention, instead of
+    typer's Python types (<list[Path]>, <str>); flags (--md, --help) show no value at all."""
+
+    PLAIN_NAMES = {"str": "text", "int": "integer", "int range": "integer", "float": "number",
+                   "float range": "number"}
+
+    def format_help(self, ctx, formatter) -> None:
+        for param in self.get_params(ctx):
+            name = param.display_type(ctx).strip("<>").removeprefix("list[").removesuffix("]")
+            value = (None if getattr(param, "is_flag", False) else
+                     param.metavar or self.PLAIN_NAMES.get(name, name).upper())
+            param.display_type_rich = lambda ctx, value=value: value
+        super().format_help(ctx, formatter)
+
+
+class Group(PlainHelp, TyperGroup):
+    def list_commands(self, ctx) -> list[str]:
+        """The pipeline stages first (in pipeline order), then the tools."""
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda name: self.commands[name].rich_help_panel != STAGES_PANEL)
+
+
+class Command(PlainHelp, TyperCommand):
+    pass
+
+
 app = typer.Typer(
+    cls=Group,
     help="Train and evaluate convolutional image classifiers as a reproducible DVC pipeline.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
+# `cnnlab --help` lists the commands in two panels: the stages dvc.yaml runs, and the rest.
+STAGES_PANEL = "Pipeline stages"
+stage = partial(app.command, cls=Command, rich_help_panel=STAGES_PANEL)
+tool = partial(app.command, cls=Command, rich_help_panel="Tools")
 
-ParamsOption = typer.Option(DEFAULT_PARAMS_PATH, "--params", help="params.yaml to read.")
+
+def show_version(requested: bool) -> None:
+    if requested:
+        typer.echo(f"cnnlab {installed_version('cnnlab')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def options(version: bool = typer.Option(False, "--version", callback=show_version, is_eager=True,
+                                         help="Show the installed version and exit.")) -> None:
+    """Train and evaluate convolutional image classifiers as a reproducible DVC pipeline."""
+
+ParamsOption = typer.Option(DEFAULT_PARAMS_PATH, "--params", metavar="PATH", help="params.yaml to read.")
 PreparedOption = typer.Option(Path("data/prepared"), help="Folder written by `prepare`.")
 AugmentedOption = typer.Option(Path("data/augmented"), help="Folder written by `augment`.")
 ModelOption = typer.Option(Path("models/model.keras"), help="Trained model (.keras).")
@@ -36,14 +83,14 @@ CheckpointsOption = typer.Option(Path(".cnnlab/checkpoints"),
                                  help="Training state to resume from (git- and DVC-ignored scratch).")
 
 
-@app.command()
+@tool()
 def check(params: str = ParamsOption) -> None:
     """Validate params.yaml without running anything."""
     load_params(params)
     typer.echo(f"{params}: OK")
 
 
-@app.command()
+@stage()
 def prepare(params: str = ParamsOption, output: Path = PreparedOption) -> None:
     """Load the dataset, split train/val/test, normalize, write arrays and meta.json."""
     from stages.prepare import prepare as run
@@ -53,19 +100,25 @@ def prepare(params: str = ParamsOption, output: Path = PreparedOption) -> None:
     meta = run(config.prepare, config.seed, output)
     for warning in skipped_warnings(meta):
         typer.echo(f"cnnlab: warning: {warning}", err=True)
-    typer.echo(f"prepared {meta['dataset']} ({meta['found_at']}): {meta['splits']} -> {output}")
+    sizes = " / ".join(f"{count} {split}" for split, count in meta["splits"].items())
+    shape = "x".join(map(str, meta["image_shape"]))
+    typer.echo(f"prepared {meta['dataset']} ({meta['found_at']}): {shape} images, {sizes} -> {output}")
 
 
-@app.command()
+@tool()
 def datasets(params: str = ParamsOption) -> None:
     """List the dataset sources, whether each is available offline now, and where it lies."""
-    from stages.datasets import format_survey, survey
+    from rich.console import Console
+
+    from stages.datasets import survey, survey_table
 
     config = load_params(params)
-    typer.echo(format_survey(survey(config.prepare), config.prepare.dataset))
+    console = Console()
+    console.width = min(console.width, 100) if console.is_terminal else 100  # also when redirected
+    console.print(survey_table(survey(config.prepare), config.prepare.dataset))
 
 
-@app.command()
+@stage()
 def augment(params: str = ParamsOption, prepared: Path = PreparedOption,
             output: Path = AugmentedOption) -> None:
     """Choose the training set and augmentation policy that `train` uses."""
@@ -77,7 +130,7 @@ def augment(params: str = ParamsOption, prepared: Path = PreparedOption,
     typer.echo(f"augmentation mode {policy['mode']}{images} -> {output}")
 
 
-@app.command()
+@stage()
 def train(params: str = ParamsOption, prepared: Path = PreparedOption,
           augmented: Path = AugmentedOption, model: Path = ModelOption,
           summary: Path = SummaryOption, live_dir: Path = LiveOption,
@@ -98,7 +151,7 @@ def train(params: str = ParamsOption, prepared: Path = PreparedOption,
                f"of training -> {model}")
 
 
-@app.command(name="summary")
+@tool(name="summary")
 def summary_command(params: str = ParamsOption, prepared: Path = PreparedOption,
                     explain: bool = typer.Option(False, "--explain", help="Show how each output "
                                                  "shape and parameter count follow from the formulas.")) -> None:
@@ -111,7 +164,7 @@ def summary_command(params: str = ParamsOption, prepared: Path = PreparedOption,
     Console().print(*summary_tables(model_summary(config, prepared), explain))
 
 
-@app.command()
+@stage()
 def evaluate(params: str = ParamsOption, model: Path = ModelOption,
              prepared: Path = PreparedOption, metrics: Path = MetricsOption,
              output: Path = EvaluationOption) -> None:
@@ -123,7 +176,7 @@ def evaluate(params: str = ParamsOption, model: Path = ModelOption,
     typer.echo(f"test accuracy {result['accuracy']:.4f}, macro F1 {result['f1_macro']:.4f} -> {metrics}")
 
 
-@app.command()
+@stage()
 def report(params: str = ParamsOption, prepared: Path = PreparedOption,
            augmented: Path = AugmentedOption,
            summary: Path = SummaryOption, metrics: Path = MetricsOption,
@@ -139,7 +192,7 @@ def report(params: str = ParamsOption, prepared: Path = PreparedOption,
     typer.echo(f"report -> {output}")
 
 
-@app.command()
+@tool()
 def compare(
     rev: str = typer.Option("main", help="Git revision (branch, tag, commit) to compare the workspace with."),
     experiments: bool = typer.Option(False, "--experiments", help="Compare DVC experiments instead (dvc exp show)."),
@@ -167,7 +220,7 @@ MetaOption = typer.Option(Path("data/prepared/meta.json"),
                           help="meta.json written by `prepare` (image size, colour mode, normalization).")
 
 
-@app.command()
+@tool()
 def predict(paths: list[Path] = typer.Argument(..., help="Image files and folders of images."),
             model: Path = ModelOption, meta: Path = MetaOption,
             output: Path | None = typer.Option(None, help="Also write the predictions to this CSV."),
@@ -190,7 +243,7 @@ def predict(paths: list[Path] = typer.Argument(..., help="Image files and folder
         raise typer.Exit(PARTIAL_FAILURE_EXIT_CODE)
 
 
-@app.command()
+@tool()
 def export(model: Path = ModelOption, meta: Path = MetaOption,
            output: Path = typer.Option(Path("models/model.export"), help="SavedModel folder to write."),
            ) -> None:
@@ -198,11 +251,12 @@ def export(model: Path = ModelOption, meta: Path = MetaOption,
     from stages.export import export as run
 
     record = run(model, meta, output)
-    typer.echo(f"SavedModel ({record['signature']}: raw pixels {record['input']['shape']} -> "
+    typer.echo(f"SavedModel ({record['signature']}: raw pixels "
+               f"{'x'.join(map(str, record['input']['shape'][1:]))} -> "
                f"{len(record['class_names'])} classes) -> {output}")
 
 
-@app.command()
+@tool()
 def init(directory: Path = typer.Argument(..., help="New (or empty) folder for the project."),
          data: Path | None = typer.Option(None, help="Folder of images, one sub-folder per class "
                                                      "(default: the bundled digits)."),
@@ -229,7 +283,7 @@ def main() -> None:
     logging.getLogger("stages").addHandler(warnings)
     logging.getLogger("stages").propagate = False
     try:
-        app()
+        app(prog_name="cnnlab")  # also under `python -m stages`: usage lines, completion scripts
     except CnnlabError as error:
         fail(error, USER_ERROR_EXIT_CODE)
     except EnvironmentFailure as error:

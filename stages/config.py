@@ -159,6 +159,19 @@ class Nullable(Constraint):
         return None if value is None else self.inner.convert(value)
 
 
+class OrAuto(Constraint):
+    """'auto' (the stage chooses from the data, and records its choice) or a value of `inner`."""
+
+    def __init__(self, inner: Constraint):
+        self.inner = inner
+
+    def describe(self) -> str:
+        return f"'auto' or {self.inner.describe()}"
+
+    def convert(self, value: Any) -> Any:
+        return AUTO if value == AUTO else self.inner.convert(value)
+
+
 class PerBlock(Constraint):
     """One value for every block (conv block, dense layer), or a list with one value per block
     (its length is checked by the group's `check`); a list is stored as a tuple."""
@@ -232,7 +245,9 @@ def bad_value(key: str, expected: str, received: Any, source: str = DEFAULT_PARA
 
 
 # --- the params groups ---------------------------------------------------------------------
+AUTO = "auto"
 COLOR_MODES = ("rgb", "grayscale")    # stages.images.COLOR_MODES maps them to Pillow modes
+AUTO_MAX_SIDE = 256                   # prepare.image_size=auto never exceeds this per side
 NORMALIZATIONS = ("unit", "standardize")
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "folder")
 ARCHITECTURES = ("linear", "mlp", "cnn", "transfer")
@@ -267,12 +282,15 @@ class PrepareParams:
         "`folder` only: a separate folder of class sub-folders used as the test set "
         "(null = hold out test_split)",
     )
-    image_size: tuple[int, ...] = param(
-        (64, 64), ListOf(Interval(int, 1, 4096), min_length=2, max_length=2),
-        "`folder` only: [height, width] every image is resized to",
+    image_size: tuple[int, ...] | str = param(
+        AUTO, OrAuto(ListOf(Interval(int, 1, 4096), min_length=2, max_length=2)),
+        "`folder` only: [height, width] every image is resized to; auto: the median height and "
+        f"width of data_dir's images, scaled down to at most {AUTO_MAX_SIDE} per side",
     )
     color_mode: str = param(
-        "rgb", OneOf(*COLOR_MODES), "`folder` only: channels every image is converted to"
+        AUTO, OneOf(AUTO, *COLOR_MODES),
+        "`folder` only: channels every image is converted to; auto: grayscale when every "
+        "image in data_dir is grayscale, else rgb",
     )
     val_split: float | int = param(
         0.15, FractionOrCount(),

@@ -339,11 +339,12 @@ def load_standard(source: StandardSource, data_dir: str | None) -> RawDataset:
 # --- the folder source and the dispatch ----------------------------------------------------------
 def load_folder(params: PrepareParams, seed: int, scratch_dir: Path) -> RawDataset:
     """The user's folders of class sub-folders, decoded into memory-mapped scratch arrays."""
-    size, mode = tuple(params.image_size), params.color_mode
-    train, listing = load_folder_split(params.data_dir, "prepare.data_dir", size, mode,
-                                       params.limit, seed, scratch_dir / "train.npy")
+    train, listing = load_folder_split(params.data_dir, "prepare.data_dir", params.image_size,
+                                       params.color_mode, params.limit, seed, scratch_dir / "train.npy")
+    size, channels = train.images.shape[1:3], train.images.shape[3]  # auto resolved on train
     test, test_listing = None, None
     if params.test_dir is not None:
+        mode = "grayscale" if channels == 1 else "rgb"
         test, test_listing = load_folder_split(params.test_dir, "prepare.test_dir", size, mode,
                                                params.limit, seed, scratch_dir / "test.npy",
                                                class_names=listing.class_names)
@@ -352,7 +353,7 @@ def load_folder(params: PrepareParams, seed: int, scratch_dir: Path) -> RawDatas
         train.images, train.labels,
         test.images if test else None, test.labels if test else None,
         listing.class_names, max_value=FULL_INTENSITY_8BIT,
-        description=f"image folder ({size[0]}x{size[1]} {mode})", found_at=found_at,
+        description=f"image folder ({train.geometry})", found_at=found_at,
         skipped=train.skipped + (test.skipped if test else ()),
         ignored_files=listing.ignored + (test_listing.ignored if test_listing else 0),
         links=listing.links + (test_listing.links if test_listing else ()),
@@ -412,14 +413,17 @@ def survey(params: PrepareParams) -> list[Availability]:
     return rows
 
 
-def format_survey(rows: list[Availability], selected: str) -> str:
-    """A plain-text table (one line per source) for the terminal and for logs."""
-    lines = [f"  {'source':<14} {'offline':<8} where / how"]
+def survey_table(rows: list[Availability], selected: str):
+    """The survey as a rich table (source, offline, where / how); * marks prepare.dataset."""
+    from rich.table import Table
+
+    table = Table(caption="* = prepare.dataset in params.yaml", caption_justify="left", expand=False)
+    table.add_column("", width=1)
+    table.add_column("source", no_wrap=True)
+    table.add_column("offline", no_wrap=True)
+    table.add_column("where / how", overflow="fold")
     for row in rows:
-        mark = "*" if row.name == selected else " "
         state = {True: "yes", False: "no", None: "-"}[row.available]
         where = " | ".join(part for part in (row.location, row.note) if part)
-        lines.append(f"{mark} {row.name:<14} {state:<8} {where}")
-    lines.append("(* = prepare.dataset in params.yaml)")
-    return "\n".join(lines)
-
+        table.add_row("*" if row.name == selected else "", row.name, state, where)
+    return table

@@ -10,6 +10,8 @@ class folder. Hidden files and folders and files without an image extension are
 ignored; files that Pillow cannot decode are skipped, and every skipped file is listed.
 Links to folders are never followed (one could lead back into the tree, looping or counting
 images twice, or out of it); they are listed too. Links to image files are read.
+`image_size` and `color_mode` may be `auto`: chosen from the training files' headers (the
+median height and width, scaled down to at most AUTO_MAX_SIDE; grayscale when every file is).
 Images are decoded one by one into a memory-mapped scratch array, so a large folder is
 never held in memory.
 """
@@ -22,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from stages.config import AUTO, AUTO_MAX_SIDE
 from stages.errors import DataError
-from stages.images import IMAGE_EXTENSIONS, UnreadableImage, is_image_file, load_image
+from stages.images import IMAGE_EXTENSIONS, UnreadableImage, image_header, is_image_file, load_image
 from stages.io import open_array
 from stages.progress import track
 from stages.splits import limit_per_class
@@ -44,6 +47,7 @@ class DecodedImages:
     images: np.ndarray              # (N, height, width, channels) uint8, memory-mapped
     labels: np.ndarray
     skipped: tuple[dict, ...]       # {"path", "class", "reason"} of each unreadable file
+    geometry: str = ""              # e.g. "28x28 grayscale (auto: ...)", for meta.json's source
 
 
 def class_folders(root: Path, key: str) -> tuple[list[Path], list[str]]:
@@ -98,6 +102,31 @@ def list_folder(root: str | Path, key: str = "prepare.data_dir") -> FolderListin
                          np.asarray(labels, dtype=np.int64), ignored, tuple(links))
 
 
+def choose_geometry(listing: FolderListing, image_size, color_mode: str) -> tuple[tuple[int, int], str, str]:
+    """Resolve `auto` image_size / color_mode from the files' headers (no pixels decoded):
+    ((height, width), color mode, how auto chose them; "" when nothing was auto)."""
+    if image_size != AUTO and color_mode != AUTO:
+        return tuple(image_size), color_mode, ""
+    headers = [header for header in map(image_header, track(listing.files, "reading image sizes"))
+               if header is not None]
+    if not headers:
+        raise DataError(f"{listing.root}: none of its {len(listing.files)} image files can be read "
+                        f"(first: {listing.files[0]}); replace the damaged files")
+    notes = []
+    if image_size == AUTO:
+        height, width = (float(np.median([header[axis] for header in headers])) for axis in (0, 1))
+        scale = min(1.0, AUTO_MAX_SIDE / max(height, width))
+        image_size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        capped = f", scaled down to at most {AUTO_MAX_SIDE} per side" if scale < 1 else ""
+        notes.append(f"image_size auto: the median of {len(headers)} images{capped}")
+    if color_mode == AUTO:
+        colour = sum(not header[2] for header in headers)
+        color_mode = "rgb" if colour else "grayscale"
+        notes.append("color_mode auto: " + (f"{colour} of {len(headers)} images in colour" if colour
+                                            else f"all {len(headers)} images grayscale"))
+    return tuple(image_size), color_mode, "; ".join(notes)
+
+
 def decode_folder(
     listing: FolderListing, image_size: tuple[int, int], color_mode: str, scratch: Path,
 ) -> DecodedImages:
@@ -121,14 +150,15 @@ def decode_folder(
                             f"be decoded (first: {unreadable[0]['path']}: {unreadable[0]['reason']}); "
                             "replace the damaged files or remove the folder")
     images.flush()
-    return DecodedImages(images[: len(kept)], labels, tuple(skipped))
+    return DecodedImages(images[: len(kept)], labels, tuple(skipped), f"{image_size[0]}x{image_size[1]} {color_mode}")
 
 
 def load_folder_split(
-    root: str | Path, key: str, image_size: tuple[int, int], color_mode: str,
+    root: str | Path, key: str, image_size: tuple[int, int] | str, color_mode: str,
     limit: int | None, seed: int, scratch: Path, class_names: tuple[str, ...] | None = None,
 ) -> tuple[DecodedImages, FolderListing]:
-    """List, limit and decode one folder; `class_names` (from the train folder) must match."""
+    """List, limit and decode one folder (`auto` geometry chosen from its files); `class_names`
+    (from the train folder) must match."""
     listing = list_folder(root, key)
     if class_names is not None and listing.class_names != class_names:
         raise DataError(f"{key}={root}: class folders ({', '.join(listing.class_names)}) differ from "
@@ -137,4 +167,8 @@ def load_folder_split(
     listing = FolderListing(listing.root, listing.class_names,
                             tuple(listing.files[index] for index in chosen),
                             listing.labels[chosen], listing.ignored, listing.links)
-    return decode_folder(listing, image_size, color_mode, scratch), listing
+    image_size, color_mode, how = choose_geometry(listing, image_size, color_mode)
+    decoded = decode_folder(listing, image_size, color_mode, scratch)
+    if how:
+        decoded = DecodedImages(decoded.images, decoded.labels, decoded.skipped, f"{decoded.geometry} ({how})")
+    return decoded, listing

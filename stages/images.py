@@ -25,6 +25,21 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
+GRAYSCALE_PILLOW_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+
+
+def image_header(path: str | Path) -> tuple[int, int, bool] | None:
+    """(height, width, is grayscale) from the file's header, without decoding its pixels;
+    None when Pillow cannot identify the file (prepare then skips and lists it)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width, image.mode in GRAYSCALE_PILLOW_MODES
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
+
+
 def load_image(path: str | Path, image_size: tuple[int, int], color_mode: str) -> np.ndarray:
     """Decode one file to a uint8 (height, width, channels) array of the requested size and mode."""
     from PIL import Image, UnidentifiedImageError  # Pillow keeps its decompression-bomb limit on

@@ -10,6 +10,8 @@ import contextlib
 import os
 import sys
 
+from stages.progress import status
+
 
 @contextlib.contextmanager
 def native_stderr_silenced():
@@ -27,12 +29,14 @@ def native_stderr_silenced():
 
 
 def import_tensorflow():
-    """Import TensorFlow quietly and return the module."""
+    """Import TensorFlow quietly (a status line on a terminal: it takes seconds) and return the module."""
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
     # Hide TF's C++ start-up chatter (CUDA probing, oneDNN notes, "All log messages before
     # absl::InitializeLog()") unless asked for with TF_CPP_MIN_LOG_LEVEL=0 or 1.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    quiet = "tensorflow" not in sys.modules and os.environ["TF_CPP_MIN_LOG_LEVEL"] not in ("0", "1")
-    with native_stderr_silenced() if quiet else contextlib.nullcontext():
+    quiet = os.environ["TF_CPP_MIN_LOG_LEVEL"] not in ("0", "1")
+    with status("importing TensorFlow"), native_stderr_silenced() if quiet else contextlib.nullcontext():
         import tensorflow as tf
 
     return tf

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+from rich.console import Console
 from dataset_writers import (
     CIFAR10_NAMES,
     RunsACommand,
@@ -24,7 +27,7 @@ from dataset_writers import (
 
 from stages import formats
 from stages.config import PrepareParams
-from stages.datasets import FASHION_CLASSES, format_survey, load_dataset, survey
+from stages.datasets import FASHION_CLASSES, load_dataset, survey, survey_table
 from stages.errors import DataError
 
 
@@ -181,8 +184,9 @@ def test_survey_lists_every_source_and_where_it_lies(isolated: Path):
     assert rows["cifar100"].available is False and "cifar-100-python.tar.gz" in rows["cifar100"].note
     assert rows["mnist"].available is False
     assert rows["folder"].available is None
-    table = format_survey(list(rows.values()), "cifar10")
-    assert "* cifar10        yes" in table
+    console = Console(file=io.StringIO(), width=100)
+    console.print(survey_table(list(rows.values()), "cifar10"))
+    assert re.search(r"│ \* │ cifar10 +│ yes ", console.file.getvalue())
 
 
 # --- CIFAR ------------------------------------------------------------------------------------------

@@ -189,9 +189,14 @@ def test_datasets_command_lists_sources_and_where_they_are(offline: Path):
     mnist = write_mnist_idx(offline / "elsewhere", mnist_like())
     write_params(offline, {"prepare": {"dataset": "mnist", "data_dir": str(mnist)}})
     result = run_cnnlab("datasets", cwd=offline, check=True)
-    lines = {line.split()[1] if line.startswith("*") else line.split()[0]: line
-             for line in result.stdout.splitlines()[1:-1]}
-    assert set(lines) == {"digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "folder"}
-    assert lines["mnist"].startswith("* mnist") and f"yes      {mnist} | IDX files" in lines["mnist"]
-    assert "yes      data/raw/cifar-10-batches-py" in lines["cifar10"]
-    assert "cifar100       no" in lines["cifar100"]
+    rows: dict[str, list[str]] = {}  # source -> [mark, offline, where / how (unwrapped, no spaces)]
+    for line in result.stdout.splitlines():
+        if line.startswith("│"):
+            mark, name, state, where = (cell.strip() for cell in line.split("│")[1:-1])
+            if name:
+                rows[name] = [mark, state, ""]
+            rows[list(rows)[-1]][2] += where.replace(" ", "")
+    assert set(rows) == {"digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "folder"}
+    assert rows["mnist"][:2] == ["*", "yes"] and rows["mnist"][2] == f"{mnist}|IDXfiles".replace(" ", "")
+    assert rows["cifar10"][1] == "yes" and rows["cifar10"][2].startswith("data/raw/cifar-10-batches-py|")
+    assert rows["cifar100"][1] == "no" and not rows["cifar100"][0]
