@@ -44,6 +44,6 @@ lock-check: install
 clean:
 	rm -rf $(VENV)
 
-# The README's params table, generated from stages/config.py (paste it into README.md).
+# The params reference table, generated from stages/config.py (paste it into docs/params.md).
 params-table: install
 	@$(BIN)/python -m stages.config

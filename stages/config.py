@@ -1,7 +1,7 @@
 """params.yaml -> typed, validated, frozen config objects.
 
 Every key is declared once, with its default, its constraint and a help line (the
-README table is written from the same declarations). Every bad value is reported with
+params reference in docs/params.md is written from the same declarations). Every bad value is reported with
 one message template, naming the key, what is expected and what was received, before a
 stage does any work.
 """
@@ -222,7 +222,7 @@ def per_block(value: Any, blocks: int) -> tuple:
 
 
 def param(default: Any, constraint: Constraint, help: str) -> Any:
-    """Declare one params key: its default, what it accepts, and one line for the README."""
+    """Declare one params key: its default, what it accepts, and one line for the params reference."""
     return field(default=default, metadata={"constraint": constraint, "help": help})
 
 
@@ -807,7 +807,7 @@ def yaml_value(value: Any) -> str:
 
 
 def describe_params() -> list[tuple[str, str, str, str]]:
-    """(key, default, allowed, help) for every key: the README's params table."""
+    """(key, default, allowed, help) for every key: the params reference (docs/params.md)."""
     rows = []
 
     def walk(cls: type, prefix: str) -> None:
@@ -826,7 +826,7 @@ def describe_params() -> list[tuple[str, str, str, str]]:
 
 
 def params_table_markdown() -> str:
-    """The README's params table, generated from the declarations (`make params-table`)."""
+    """The params reference table (docs/params.md), generated from the declarations (`make params-table`)."""
     lines = ["| key | default | allowed | what it does |", "|---|---|---|---|"]
     lines += [f"| `{key}` | `{default}` | {allowed} | {help} |" for key, default, allowed, help in describe_params()]
     return "\n".join(lines)
