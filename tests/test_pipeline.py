@@ -47,7 +47,7 @@ def test_report_links_only_existing_figures_and_is_deterministic(pipeline_dir):
     report = pipeline_dir / "reports" / "report.md"
     first = report.read_bytes()
     text = first.decode()
-    for heading in ("## What was trained", "## Test metrics", "## Per-class precision, recall and F1"):
+    for heading in ("## Test results", "## Fit diagnosis", "## Where the model errs", "## What was trained"):
         assert heading in text
     links = [line.split("](")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]
     assert {"figures/training_curves.png", "evaluation/figures/confusion_matrix.png", "figures/samples.png"} <= set(links)
