@@ -71,10 +71,9 @@ def project_runner(project: Path):
     return run
 
 
-@pytest.fixture
-def dvc_project(tmp_path: Path):
-    """A temporary git + DVC repository holding this repository's pipeline and fast params."""
-    project = tmp_path / "project"
+def new_dvc_project(project: Path):
+    """A git + DVC repository at `project` holding this repository's pipeline and fast params,
+    committed on main (DVCLive needs a first commit); returns its runner."""
     copy_repository_pipeline(project)
     write_params(project, FAST_PARAMS)
     run = project_runner(project)
@@ -83,6 +82,12 @@ def dvc_project(tmp_path: Path):
     run("git", "add", "-A")
     run("git", "commit", "-q", "-m", "init")
     return run
+
+
+@pytest.fixture
+def dvc_project(tmp_path: Path):
+    """A temporary git + DVC repository holding this repository's pipeline and fast params."""
+    return new_dvc_project(tmp_path / "project")
 
 
 def init_dvc_with_templates(run) -> None:

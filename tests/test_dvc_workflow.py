@@ -13,8 +13,7 @@ import time
 
 import pytest
 
-from conftest import (FAST_PARAMS, REPO_ROOT, copy_repository_pipeline, init_dvc_with_templates, project_runner,
-                      write_params)
+from conftest import REPO_ROOT, new_dvc_project, project_runner
 
 pytestmark = [pytest.mark.e2e, pytest.mark.tf]
 QUIET = ("WARNING", "ERROR", "failed", "Traceback")
@@ -33,17 +32,8 @@ def assert_quiet(result) -> None:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A git + DVC project of this repository's pipeline after `dvc repro`, committed on main."""
-    project = tmp_path_factory.mktemp("trained") / "project"
-    copy_repository_pipeline(project)
-    write_params(project, FAST_PARAMS)
-    run = project_runner(project)
-    run("git", "init", "-q", "-b", "main")
-    init_dvc_with_templates(run)
-    run("git", "add", "-A")
-    run("git", "commit", "-q", "-m", "pipeline")  # DVCLive needs a first commit
-    started = time.perf_counter()
+    run = new_dvc_project(tmp_path_factory.mktemp("trained") / "project")
     first = run("dvc", "repro")
-    run.seconds = time.perf_counter() - started  # type: ignore[attr-defined]
     assert stages_run(first.stdout) == ["prepare", "augment", "train", "evaluate", "report"]
     run("git", "add", "-A")
     run("git", "commit", "-q", "-m", "baseline")
