@@ -33,7 +33,6 @@ NORMALIZATIONS = ("unit", "standardize")
 # The augmentation policy's transforms: AugmentParams keys, checked with their constraints.
 TRANSFORM_KEYS = ("rotation", "width_shift", "height_shift", "zoom", "shear", "horizontal_flip",
                   "vertical_flip", "brightness", "contrast", "erasing", "fill_mode")
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 def damaged(path: str | Path, problem: str, stage: str) -> DataError:
@@ -217,28 +216,24 @@ def keras_archive_problem(path: Path) -> str | None:
     return None
 
 
-def hdf5_problem(path: Path) -> str | None:
-    """Why `path` is not a complete HDF5 (.weights.h5) file, or None."""
-    with open(path, "rb") as file:
-        if file.read(len(HDF5_SIGNATURE)) != HDF5_SIGNATURE:
-            return "is empty or not an HDF5 weights file"
-    import h5py
-
-    try:
-        with h5py.File(path, "r"):
-            pass
-    except OSError as error:
-        if environment_failure(error) is not None:
-            raise
-        return "is a truncated or damaged HDF5 file"
-    return None
-
-
 def checkpoint_file_problem(path: Path) -> str | None:
-    """Why a resume-state file (a whole .keras model or a .weights.h5 file) cannot be used, or None."""
+    """Why a resume-state file (a .npz of NumPy arrays, see stages/checkpoints.py) cannot be
+    used, or None."""
     if not path.is_file():
         return "is missing"
-    return keras_archive_problem(path) if path.name.endswith(".keras") else hdf5_problem(path)
+    if path.stat().st_size == 0:
+        return "is empty (0 bytes)"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if archive.testzip() is not None:
+                return "is a damaged .npz file (a member fails its checksum)"
+            if "phase.npy" not in archive.namelist():
+                return "is a zip file but not a cnnlab resume state (no phase.npy)"
+    except (zipfile.BadZipFile, EOFError, OSError) as error:
+        if environment_failure(error) is not None:
+            raise
+        return "is not a complete .npz file (truncated or another format)"
+    return None
 
 
 def model_load_problem(error: Exception) -> str:

@@ -26,10 +26,12 @@ import numpy as np
 
 from stages.artifacts import META_FILE, read_meta, read_policy, read_split, read_training_set
 from stages.augment import online_augmentation
-from stages.checkpoints import TrainingState, fingerprint, load_state, make_checkpointer, restore
+from stages.checkpoints import (
+    TrainingState, fingerprint, load_state, make_checkpointer, restore, restore_variables,
+)
 from stages.config import Params
 from stages.errors import CnnlabError
-from stages.io import atomic_dir, publish_keras_archive, rounded, write_json
+from stages.io import atomic_dir, atomic_path, publish_keras_archive, rounded, write_json
 from stages.models import build_model, check_architecture, layer_table, parameter_totals
 from stages.optimization import (
     LossChoice, choose_loss, make_accuracy, make_loss, make_optimizer, make_schedule, plateau_callback,
@@ -41,6 +43,7 @@ from stages.runtime import (
 TRAINING, FINE_TUNING = 0, 1
 # DVCLive logs here while training (watch it live); the stage copies it to reports/train at the end.
 LIVE_SCRATCH = "live"
+FINAL_MODEL = "model.keras"  # the best epoch saved whole, before publishing it to `model_path`
 
 
 # --- input pipeline ---------------------------------------------------------------------------
@@ -259,7 +262,10 @@ def train(
                    validation)
         live.end()
 
-    publish_keras_archive(folder / state.best_model, model_path)
+        restore_variables(model, folder / state.best_model, state.phase)  # the best epoch, published
+        with atomic_path(folder / FINAL_MODEL) as saved:  # scratch: publish makes it deterministic
+            model.save(saved)
+    publish_keras_archive(folder / FINAL_MODEL, model_path)
     with atomic_dir(live_dir) as temp_live:
         shutil.copytree(folder / LIVE_SCRATCH, temp_live, dirs_exist_ok=True)
     summary = training_summary(params, model, state, len(train_y), precision)
@@ -312,7 +318,7 @@ def run_phases(model, params: Params, state: TrainingState, folder: Path, steps_
         if state.phase == last_phase:
             return
         # Fine-tune from the best head, with fresh counters (committed with its first epoch).
-        model.load_weights(folder / state.best_model)
+        restore_variables(model, folder / state.best_model)
         state.phase, state.phase_start, state.phase_finished = FINE_TUNING, state.epochs_done, False
         state.wait, state.plateau = 0, None
         compile_for_phase(model, params, FINE_TUNING, steps_per_epoch, loss)

@@ -230,8 +230,8 @@ def test_a_damaged_resume_state_starts_over_and_never_publishes_a_broken_model(t
         warning = f"{folder.relative_to(project)}/state.json is damaged or from an older cnnlab"
     else:
         (folder / state[damaged]).write_bytes(b"")  # what a crash before the data reached the disk leaves
-        problem = "is empty (0 bytes)" if damaged == "best_model" else "is empty or not an HDF5 weights file"
-        warning = (f"the resume state in {folder.relative_to(project)} is damaged ({state[damaged]} {problem})")
+        warning = (f"the resume state in {folder.relative_to(project)} is damaged "
+                   f"({state[damaged]} is empty (0 bytes))")
 
     result = run_cnnlab("train", cwd=project)
 
