@@ -23,8 +23,11 @@ repro: install
 	$(BIN)/cnnlab check
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
+# One pytest worker per core (pytest-xdist); a test file's tests stay on one worker, so the
+# trained projects a module shares are built once. `make test WORKERS=1` runs them in order.
+WORKERS ?= auto
 test: install
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n $(WORKERS) --dist loadfile
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not tf and not e2e"
