@@ -65,12 +65,14 @@ def stop_node(node: subprocess.Popen) -> None:
 
 
 def processes_in_session(session: int) -> dict[int, str]:
-    """{pid: command line} of the processes in one session (one Ray node and what it started)."""
+    """{pid: command line} of the live processes in one session (one Ray node and what it
+    started); zombies, which have ended and wait to be reaped, do not count."""
     found = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if os.getsid(int(entry.name)) == session:
+                state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
+                if os.getsid(int(entry.name)) == session and state != "Z":
                     found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             except (ProcessLookupError, PermissionError, FileNotFoundError):
                 continue
