@@ -7,9 +7,13 @@ TensorFlow takes seconds to import, so only the stages that train or predict cal
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
+import tempfile
+from pathlib import Path
 
+from stages.errors import CnnlabError
 from stages.progress import status
 
 
@@ -79,9 +83,59 @@ def resolve_precision(precision: str) -> str:
     return "mixed_bfloat16" if cpu_computes_bfloat16() else "float32"
 
 
+def tf_config() -> dict:
+    """The TF_CONFIG environment variable that multi-worker TensorFlow reads ({} when unset):
+    {"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}}."""
+    text = os.environ.get("TF_CONFIG", "").strip()
+    if not text:
+        return {}
+    try:
+        config = json.loads(text)
+        valid = (isinstance(config["cluster"], dict) and isinstance(config["task"]["type"], str)
+                 and isinstance(config["task"]["index"], int))
+    except (ValueError, KeyError, TypeError):
+        valid = False
+    if not valid:
+        raise CnnlabError(f"TF_CONFIG is not a multi-worker configuration: expected JSON like "
+                          '{"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": "worker", '
+                          f'"index": 0}}, received {text[:200]!r}; fix or unset TF_CONFIG') from None
+    return config
+
+
+def worker_name() -> str | None:
+    """None for the process that writes the results: the only one, or the chief of the workers
+    TF_CONFIG names (its "chief" task, else worker 0); "<type>-<index>" for the others."""
+    config = tf_config()
+    cluster, task = config.get("cluster", {}), config.get("task", {})
+    chief = ("chief", 0) if "chief" in cluster else ("worker", 0)
+    if not task or (task["type"], task["index"]) == chief:
+        return None
+    return f"{task['type']}-{task['index']}"
+
+
 def distribution_strategy():
-    """MirroredStrategy over all GPUs when there are several, else the default (one device)."""
+    """MultiWorkerMirroredStrategy when TF_CONFIG names several workers (one model trained by
+    several processes or machines, `train.batch_size` the global batch); else MirroredStrategy
+    over all GPUs when there are several; else the default (one device)."""
+    cluster = tf_config().get("cluster", {})
     tf = import_tensorflow()
+    if sum(len(cluster.get(kind, [])) for kind in ("chief", "worker")) > 1:
+        return tf.distribute.MultiWorkerMirroredStrategy()
     if len(tf.config.list_logical_devices("GPU")) > 1:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+@contextlib.contextmanager
+def worker_outputs(outputs: list, checkpoint_dir: Path):
+    """The paths this process writes to: the given ones for the chief; for another worker of a
+    multi-worker run, a temporary folder for the outputs (removed at the end: only the chief's
+    files are results) and its own resume state beside the chief's (`<checkpoints>-worker-1`),
+    so that a restarted worker resumes as the chief does."""
+    name = worker_name()
+    if name is None:
+        yield [*outputs, checkpoint_dir]
+        return
+    with tempfile.TemporaryDirectory(prefix=f"cnnlab-{name}-") as scratch:
+        yield [*(Path(scratch) / f"{index}-{Path(path).name}" for index, path in enumerate(outputs)),
+               Path(f"{checkpoint_dir}-{name}")]
