@@ -120,10 +120,42 @@ def distribution_strategy():
     cluster = tf_config().get("cluster", {})
     tf = import_tensorflow()
     if sum(len(cluster.get(kind, [])) for kind in ("chief", "worker")) > 1:
+        keras_builds_under_multi_worker_strategies()
         return tf.distribute.MultiWorkerMirroredStrategy()
     if len(tf.config.list_logical_devices("GPU")) > 1:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+def keras_builds_under_multi_worker_strategies() -> None:
+    """Two workarounds for Keras 3 under MultiWorkerMirroredStrategy (keras-team/keras#20585,
+    open): `fit` builds the model from its first batch, which it averages across replicas with
+    one `strategy.reduce` over the (images, labels) pair, a nest that this strategy rejects;
+    only the batch's shapes matter for the build, so take this worker's own part of it. And the
+    steps' logs (scalars) are averaged over `axis=0`, which scalars lack: average them whole."""
+    from keras import tree
+    from keras.src.backend.tensorflow import trainer
+    from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+
+    reduce_per_replica = trainer.reduce_per_replica
+
+    def reduce_scalars_whole(values, strategy, reduction):
+        if reduction in ("auto", "mean"):
+            return tree.map_structure(lambda value: strategy.reduce("MEAN", value, axis=None), values)
+        return reduce_per_replica(values, strategy, reduction)
+
+    trainer.reduce_per_replica = reduce_scalars_whole
+
+    def build_from_local_batch(self, iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, batches in iterator:
+                data_batch = tree.map_structure(
+                    lambda value: self.distribute_strategy.experimental_local_results(value)[0], next(batches))
+                break
+        with self.distribute_strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+    TensorFlowTrainer._maybe_symbolic_build = build_from_local_batch
 
 
 @contextlib.contextmanager

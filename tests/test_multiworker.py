@@ -19,10 +19,13 @@ from test_sweep_e2e import free_port
 # No dropout: each replica draws its own masks, which a single worker would draw differently.
 PARAMS = {"train": {"epochs": 2, "batch_size": 64, "learning_rate": 0.005},
           "model": {"conv_filters": [8], "dense_units": [16], "dense_dropout": 0.0}}
-# Two workers sum the two half-batches' gradients where one worker sums the whole batch's: the
-# same arithmetic in another order, so float rounding differs a little and the curves agree to
-# about 1e-4. A per-replica batch or learning-rate mistake would move them by 1e-2 or more.
-TOLERANCE = 2e-3
+# Two workers average the two half-batches' gradients where one worker averages the whole
+# batch's: the same arithmetic in another order, so float rounding differs and, amplified over
+# 2 epochs, the final metrics differ by about 0.1% of the loss and one validation image (0.004
+# accuracy; measured on digits: loss 1.287 vs 1.285, val accuracy 0.6652 vs 0.6609). A batch
+# mistake (each worker taking the whole batch: half the steps) moves the loss by 10% or more.
+LOSS_TOLERANCE = 0.01   # relative
+ACCURACY_TOLERANCE = 0.012  # absolute: 3 of the 270 validation images
 
 
 def train_command(folder: Path, env: dict) -> subprocess.Popen:
@@ -69,10 +72,9 @@ def test_two_workers_match_one_worker_and_only_the_chief_writes(prepared):
         finished(process)
 
     one, two = final_metrics(single), final_metrics(double)
-    assert one.keys() == two.keys() and {"loss", "accuracy", "eval"} <= one.keys()
-    for name in ("loss", "accuracy"):
-        assert two[name] == pytest.approx(one[name], abs=TOLERANCE), (one, two)
-        assert two["eval"][name] == pytest.approx(one["eval"][name], abs=TOLERANCE), (one, two)
+    for split in ("train", "eval"):
+        assert two[split]["loss"] == pytest.approx(one[split]["loss"], rel=LOSS_TOLERANCE), (one, two)
+        assert two[split]["accuracy"] == pytest.approx(one[split]["accuracy"], abs=ACCURACY_TOLERANCE), (one, two)
     summary = json.loads((double / "models/summary.json").read_text())
     assert summary["epochs_run"] == 2 and summary["params"]["train"]["batch_size"] == 64
 
