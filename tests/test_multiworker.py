@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import error_line, run_cnnlab, write_params
+from conftest import error_line, prepared_folder
 from test_sweep_e2e import free_port
 
 # No dropout: each replica draws its own masks, which a single worker would draw differently.
@@ -41,11 +41,7 @@ def finished(process: subprocess.Popen) -> str:
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("multiworker")
-    write_params(folder, PARAMS)
-    for stage in ("prepare", "augment"):
-        run_cnnlab(stage, cwd=folder, check=True)
-    return folder
+    return prepared_folder(tmp_path_factory.mktemp("multiworker"), PARAMS)
 
 
 def copy_of(prepared: Path, name: str) -> Path:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN_DIR, new_dvc_project, write_params
+from conftest import BIN_DIR, error_line, new_dvc_project, write_params
 from stages.sweep import SCRATCH, expand_grid
 
 # Tiny model, 2 epochs: the trials' cost is mostly starting TensorFlow and DVC.
@@ -168,3 +168,14 @@ def kill_one_trial_worker(nodes, sweep: subprocess.Popen, seconds: float = 600) 
                 return workers[0]
         time.sleep(0.5)
     return None
+
+
+@pytest.mark.e2e
+def test_a_ray_sweep_of_an_unpushed_commit_is_refused_in_one_line(shared_project):
+    (shared_project.path / "notes.txt").write_text("not pushed\n")
+    shared_project("git", "add", "notes.txt")
+    shared_project("git", "commit", "-q", "-m", "local only")
+    result = subprocess.run([sys.executable, "-m", "stages", "sweep", *GRID, "--ray", "127.0.0.1:1"],
+                            cwd=shared_project.path, capture_output=True, text=True)
+    line = error_line(result)
+    assert "is not on the git remote 'origin'" in line and "git push origin" in line
