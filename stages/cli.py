@@ -216,6 +216,32 @@ def compare(
     write_text(output, text) if output else typer.echo(text, nl=False)
 
 
+@tool()
+def sweep(
+    set_param: list[str] = typer.Option(..., "--set-param", "-S", metavar="KEY=VALUES",
+                                        help="A grid axis in DVC's syntax: train.optimizer=sgd,adam (repeat "
+                                             "for more axes; every combination runs)."),
+    name: str | None = typer.Option(None, help="Experiments are named NAME-1, NAME-2, ... (default: "
+                                               "sweep-<random>)."),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Without --ray: trials at a time on this machine."),
+    ray: str | None = typer.Option(None, "--ray", metavar="ADDRESS",
+                                   help="Run the trials on this Ray cluster (auto, or HOST:PORT of its head)."),
+    cpus_per_trial: int = typer.Option(1, min=1, help="With --ray: cores (and TensorFlow threads) per trial."),
+    retries: int = typer.Option(3, min=0, help="With --ray: retries of a trial whose worker or node dies."),
+    git_remote: str = typer.Option("origin", help="With --ray: the git remote the workers clone and push to."),
+) -> None:
+    """Run a grid of DVC experiments, here through DVC's queue or on a Ray cluster; then
+    `dvc exp show` or `cnnlab compare --experiments` lists them."""
+    from secrets import token_hex
+
+    from stages.sweep import sweep_local, sweep_ray
+
+    name = name or f"sweep-{token_hex(3)}"
+    names = (sweep_ray(Path.cwd(), set_param, name, ray, cpus_per_trial, retries, git_remote) if ray
+             else sweep_local(Path.cwd(), set_param, name, jobs))
+    typer.echo(f"{len(names)} experiments ({', '.join(names)}); compare them: cnnlab compare --experiments")
+
+
 MetaOption = typer.Option(Path("data/prepared/meta.json"),
                           help="meta.json written by `prepare` (image size, colour mode, normalization).")
 

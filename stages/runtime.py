@@ -7,9 +7,13 @@ TensorFlow takes seconds to import, so only the stages that train or predict cal
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
+import tempfile
+from pathlib import Path
 
+from stages.errors import CnnlabError
 from stages.progress import status
 
 
@@ -79,9 +83,91 @@ def resolve_precision(precision: str) -> str:
     return "mixed_bfloat16" if cpu_computes_bfloat16() else "float32"
 
 
+def tf_config() -> dict:
+    """The TF_CONFIG environment variable that multi-worker TensorFlow reads ({} when unset):
+    {"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}}."""
+    text = os.environ.get("TF_CONFIG", "").strip()
+    if not text:
+        return {}
+    try:
+        config = json.loads(text)
+        valid = (isinstance(config["cluster"], dict) and isinstance(config["task"]["type"], str)
+                 and isinstance(config["task"]["index"], int))
+    except (ValueError, KeyError, TypeError):
+        valid = False
+    if not valid:
+        raise CnnlabError(f"TF_CONFIG is not a multi-worker configuration: expected JSON like "
+                          '{"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": "worker", '
+                          f'"index": 0}}, received {text[:200]!r}; fix or unset TF_CONFIG') from None
+    return config
+
+
+def worker_name() -> str | None:
+    """None for the process that writes the results: the only one, or the chief of the workers
+    TF_CONFIG names (its "chief" task, else worker 0); "<type>-<index>" for the others."""
+    config = tf_config()
+    cluster, task = config.get("cluster", {}), config.get("task", {})
+    chief = ("chief", 0) if "chief" in cluster else ("worker", 0)
+    if not task or (task["type"], task["index"]) == chief:
+        return None
+    return f"{task['type']}-{task['index']}"
+
+
 def distribution_strategy():
-    """MirroredStrategy over all GPUs when there are several, else the default (one device)."""
+    """MultiWorkerMirroredStrategy when TF_CONFIG names several workers (one model trained by
+    several processes or machines, `train.batch_size` the global batch); else MirroredStrategy
+    over all GPUs when there are several; else the default (one device)."""
+    cluster = tf_config().get("cluster", {})
     tf = import_tensorflow()
+    if sum(len(cluster.get(kind, [])) for kind in ("chief", "worker")) > 1:
+        keras_builds_under_multi_worker_strategies()
+        return tf.distribute.MultiWorkerMirroredStrategy()
     if len(tf.config.list_logical_devices("GPU")) > 1:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+def keras_builds_under_multi_worker_strategies() -> None:
+    """Two workarounds for Keras 3 under MultiWorkerMirroredStrategy (keras-team/keras#20585,
+    open): `fit` builds the model from its first batch, which it averages across replicas with
+    one `strategy.reduce` over the (images, labels) pair, a nest that this strategy rejects;
+    only the batch's shapes matter for the build, so take this worker's own part of it. And the
+    steps' logs (scalars) are averaged over `axis=0`, which scalars lack: average them whole."""
+    from keras import tree
+    from keras.src.backend.tensorflow import trainer
+    from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+
+    reduce_per_replica = trainer.reduce_per_replica
+
+    def reduce_scalars_whole(values, strategy, reduction):
+        if reduction in ("auto", "mean"):
+            return tree.map_structure(lambda value: strategy.reduce("MEAN", value, axis=None), values)
+        return reduce_per_replica(values, strategy, reduction)
+
+    trainer.reduce_per_replica = reduce_scalars_whole
+
+    def build_from_local_batch(self, iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, batches in iterator:
+                data_batch = tree.map_structure(
+                    lambda value: self.distribute_strategy.experimental_local_results(value)[0], next(batches))
+                break
+        with self.distribute_strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+    TensorFlowTrainer._maybe_symbolic_build = build_from_local_batch
+
+
+@contextlib.contextmanager
+def worker_outputs(outputs: list, checkpoint_dir: Path):
+    """The paths this process writes to: the given ones for the chief; for another worker of a
+    multi-worker run, a temporary folder for the outputs (removed at the end: only the chief's
+    files are results) and its own resume state beside the chief's (`<checkpoints>-worker-1`),
+    so that a restarted worker resumes as the chief does."""
+    name = worker_name()
+    if name is None:
+        yield [*outputs, checkpoint_dir]
+        return
+    with tempfile.TemporaryDirectory(prefix=f"cnnlab-{name}-") as scratch:
+        yield [*(Path(scratch) / f"{index}-{Path(path).name}" for index, path in enumerate(outputs)),
+               Path(f"{checkpoint_dir}-{name}")]

@@ -37,7 +37,7 @@ from stages.optimization import (
     LossChoice, choose_loss, make_accuracy, make_loss, make_optimizer, make_schedule, plateau_callback,
 )
 from stages.runtime import (
-    distribution_strategy, import_tensorflow, keras_verbosity, resolve_precision, seed_everything,
+    distribution_strategy, import_tensorflow, keras_verbosity, resolve_precision, seed_everything, worker_outputs,
 )
 
 TRAINING, FINE_TUNING = 0, 1
@@ -223,8 +223,16 @@ def train(
     callbacks: tuple = (),
 ) -> dict:
     """Run the stage (resuming from `checkpoint_dir` when it holds this run's state); return
-    the summary written to summary.json. `strategy` defaults to `distribution_strategy()`;
+    the summary written to summary.json. `strategy` defaults to `distribution_strategy()`
+    (several workers under TF_CONFIG: only the chief writes these paths, see `worker_outputs`);
     `callbacks` are more Keras callbacks, called after the stage's own (benchmarks use them)."""
+    with worker_outputs([model_path, summary_path, live_dir], Path(checkpoint_dir)) as paths:
+        return train_with(params, prepared_dir, augmented_dir, *paths, strategy, callbacks)
+
+
+def train_with(params: Params, prepared_dir: str | Path, augmented_dir: str | Path, model_path: str | Path,
+               summary_path: str | Path, live_dir: str | Path, checkpoint_dir: str | Path, strategy=None,
+               callbacks: tuple = ()) -> dict:
     prepared_dir, folder = Path(prepared_dir), Path(checkpoint_dir)
     meta = read_meta(prepared_dir / META_FILE)
     check_architecture(params.model, meta["image_shape"])  # before TensorFlow starts

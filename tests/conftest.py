@@ -97,6 +97,14 @@ def init_dvc_with_templates(run) -> None:
     shutil.copytree(REPO_ROOT / ".dvc" / "plots", run.path / ".dvc" / "plots", dirs_exist_ok=True)
 
 
+def prepared_folder(folder: Path, params: dict) -> Path:
+    """`folder` with params.yaml (these overrides) after prepare and augment: no TensorFlow involved."""
+    write_params(folder, params)
+    for command in ("prepare", "augment"):
+        run_cnnlab(command, cwd=folder, check=True)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def trained_digits(tmp_path_factory) -> Path:
     """A folder where prepare -> augment -> train -> evaluate ran on digits with FAST_PARAMS.

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FAST_PARAMS, digests, error_line, run_cnnlab, write_params
+from conftest import FAST_PARAMS, digests, error_line, prepared_folder, run_cnnlab, write_params
 
 PREPARED = Path("data/prepared")
 RERUN_PREPARE = "re-run the prepare stage (dvc repro prepare) to write it again"
@@ -23,11 +23,7 @@ RERUN_TRAIN = "re-run the train stage (dvc repro train) to write it again"
 @pytest.fixture(scope="module")
 def prepared_digits(tmp_path_factory) -> Path:
     """prepare and augment (mode off) on digits: no TensorFlow involved."""
-    folder = tmp_path_factory.mktemp("prepared_digits")
-    write_params(folder, FAST_PARAMS)
-    for command in ("prepare", "augment"):
-        run_cnnlab(command, cwd=folder, check=True)
-    return folder
+    return prepared_folder(tmp_path_factory.mktemp("prepared_digits"), FAST_PARAMS)
 
 
 def copy_project(source: Path, tmp_path: Path) -> Path:

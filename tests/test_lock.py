@@ -47,7 +47,7 @@ def pins(text: str) -> dict[str, str]:
 
 def resolve(python: str, platform: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(UV), "pip", "compile", "pyproject.toml", "--extra", "test", "--constraint", str(LOCK),
+        [str(UV), "pip", "compile", "pyproject.toml", "--extra", "test", "--extra", "ray", "--constraint", str(LOCK),
          "--python-version", python, "--python-platform", platform, "--no-python-downloads",
          "--no-header", "--no-annotate", "--quiet"],
         cwd=REPO_ROOT, capture_output=True, text=True,

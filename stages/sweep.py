@@ -1,0 +1,167 @@
+"""sweep: run a grid of DVC experiments, on this machine through DVC's queue or on a Ray cluster.
+
+The grid is DVC's own syntax (`-S train.optimizer=sgd,adam -S train.learning_rate=0.01,0.001`:
+every combination), expanded by DVC's own code, and every trial is a real DVC experiment
+named `<name>-<i>` as `dvc exp run --queue -n <name>` names them:
+
+- locally, `dvc exp run --queue` queues them and `dvc exp run --run-all --jobs N` runs them;
+- on a Ray cluster (`ray_address`), each trial is one Ray task: it clones the shared git
+  remote into its own clean workspace on whichever node Ray placed it, runs `dvc exp run`
+  there, and `dvc exp push`es the experiment (git refs to the git remote, cached outputs to
+  the project's default DVC remote); the caller then `dvc exp pull`s every trial, so that
+  `dvc exp show` and `cnnlab compare --experiments` list them as if they had run here.
+
+A trial whose worker process or node dies is retried by Ray (`retries`); a retry on the same
+node resumes from the training checkpoint the dead attempt left in its workspace. Trials
+sharing a machine split its cores: each gets `cpus_per_trial` (Ray reserves them) and
+TensorFlow is told to use that many threads (TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS,
+OMP_NUM_THREADS), so N trials on a node never run N x all-cores threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from stages.errors import CnnlabError
+
+# Where trials keep their workspaces on each node (a retry finds its predecessor's checkpoint here).
+SCRATCH = Path(tempfile.gettempdir()) / "cnnlab-sweep"
+CHECKPOINTS = Path(".cnnlab/checkpoints")  # stages/cli.py's default for `cnnlab train`
+
+
+# --- the grid -------------------------------------------------------------------------------------
+def expand_grid(overrides: list[str]) -> list[list[str]]:
+    """Every combination of the `-S` overrides, as DVC expands them for `dvc exp run --queue`,
+    each as the `-S` arguments of one `dvc exp run`."""
+    from dvc.exceptions import InvalidArgumentError
+    from dvc.utils.cli_parse import to_path_overrides
+    from dvc.utils.hydra import get_hydra_sweeps
+
+    try:
+        sweeps = get_hydra_sweeps(to_path_overrides(overrides))
+    except (InvalidArgumentError, ValueError) as error:
+        raise CnnlabError(f"sweep: cannot read the grid {' '.join(overrides)!r} ({error}); "
+                          "expected -S key=value1,value2 (DVC's -S syntax)") from None
+    return [[f"{path}:{override}" for path, values in sweep.items() for override in values]
+            for sweep in sweeps]
+
+
+def thread_environment(threads: int) -> dict[str, str]:
+    """Environment that caps TensorFlow (and oneDNN/OpenMP) at `threads` threads, and puts this
+    interpreter's scripts (cnnlab, dvc) first on PATH for the stage commands."""
+    scripts = str(Path(sys.executable).parent)
+    return {**os.environ, "PATH": os.pathsep.join([scripts, os.environ.get("PATH", "")]),
+            "TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": str(threads),
+            "OMP_NUM_THREADS": str(threads)}
+
+
+def run(command: list[str], cwd: Path | str, env: dict | None = None, **options) -> str:
+    """Run git or dvc; their own message as one CnnlabError line when they fail."""
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, **options)
+    if result.returncode != 0:
+        shown = " ".join(command[2:] if command[0] == sys.executable else command)
+        message = " ".join((result.stderr or result.stdout).split())[-600:]
+        raise CnnlabError(f"sweep: `{shown}` failed in {cwd} (exit {result.returncode}): {message}")
+    return result.stdout
+
+
+def dvc(*arguments: str) -> list[str]:
+    return [sys.executable, "-m", "dvc", *arguments]
+
+
+# --- on this machine: DVC's queue -----------------------------------------------------------------
+def sweep_local(repo: Path, overrides: list[str], name: str, jobs: int) -> list[str]:
+    """Queue the grid with DVC and run it, `jobs` experiments at a time; the trials' names."""
+    trials = expand_grid(overrides)  # validates the grid before anything is queued
+    env = thread_environment(max(1, (os.cpu_count() or 1) // jobs))
+    run(dvc("exp", "run", "--queue", "-n", name, *[f"-S{o}" for o in overrides]), repo, env)
+    run(dvc("exp", "run", "--run-all", "--jobs", str(jobs)), repo, env)
+    return [f"{name}-{index}" for index in range(1, len(trials) + 1)]
+
+
+# --- on a Ray cluster ------------------------------------------------------------------------------
+def shared_remote(repo: Path, git_remote: str) -> tuple[str, str]:
+    """The URL of the git remote the trials clone and the commit they run: HEAD, which must be
+    pushed (workers see only the remote) and must be what the workspace holds."""
+    url = run(["git", "remote", "get-url", git_remote], repo).strip()
+    commit = run(["git", "rev-parse", "HEAD"], repo).strip()
+    run(["git", "fetch", "--quiet", git_remote], repo)
+    if not run(["git", "branch", "--remotes", "--contains", commit], repo).strip():
+        raise CnnlabError(f"sweep: commit {commit[:7]} is not on the git remote {git_remote!r} ({url}), "
+                          f"and Ray workers clone from there; run `git push {git_remote}` first")
+    if run(["git", "status", "--porcelain", "--untracked-files=no"], repo).strip():
+        raise CnnlabError("sweep: the workspace has uncommitted changes, which Ray workers would not see; "
+                          f"commit them and `git push {git_remote}`, then sweep again")
+    if not run(dvc("remote", "default"), repo).strip():
+        raise CnnlabError("sweep: the project has no default DVC remote, where trials on other machines "
+                          "push their models; add one (`dvc remote add -d NAME URL`, docs/scale-out.md), "
+                          "commit .dvc/config and push")
+    return url, commit
+
+
+def run_trial(url: str, commit: str, name: str, overrides: list[str], threads: int) -> str:
+    """One trial, on whichever node Ray placed it: a clean clone of `commit`, `dvc exp run`,
+    `dvc exp push`. A retry on the same node first stops what the dead attempt left running
+    and keeps its training checkpoint (`cnnlab train` resumes from it)."""
+    home = SCRATCH / name
+    workspace, checkpoints, group_file = home / "repo", home / "checkpoints", home / "process-group"
+    if group_file.exists():  # a previous attempt died here: its dvc and cnnlab may still run
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.killpg(int(group_file.read_text()), signal.SIGKILL)
+    if (workspace / CHECKPOINTS).is_dir():
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        shutil.move(workspace / CHECKPOINTS, checkpoints)
+    shutil.rmtree(workspace, ignore_errors=True)
+    home.mkdir(parents=True, exist_ok=True)
+    run(["git", "clone", "--quiet", url, str(workspace)], home)
+    run(["git", "checkout", "--quiet", commit], workspace)
+    if checkpoints.is_dir():
+        (workspace / CHECKPOINTS).parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(checkpoints, workspace / CHECKPOINTS)
+    experiment = subprocess.Popen(dvc("exp", "run", "-n", name, *[f"-S{o}" for o in overrides]),
+                                  cwd=workspace, env=thread_environment(threads), start_new_session=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    group_file.write_text(str(experiment.pid))  # its own process group: the next attempt can stop it
+    output, _ = experiment.communicate()
+    group_file.unlink()
+    if experiment.returncode != 0:
+        raise CnnlabError(f"sweep: trial {name} ({' '.join(overrides)}) failed (exit "
+                          f"{experiment.returncode}): {' '.join(output.split())[-600:]}")
+    run(dvc("exp", "push", "--force", "origin", name), workspace)
+    shutil.rmtree(home, ignore_errors=True)
+    return name
+
+
+def sweep_ray(repo: Path, overrides: list[str], name: str, address: str, cpus_per_trial: int,
+              retries: int, git_remote: str = "origin") -> list[str]:
+    """Run each trial of the grid as a Ray task on the cluster at `address`, then pull every
+    trial's experiment into `repo`; the trials' names."""
+    trials = expand_grid(overrides)
+    url, commit = shared_remote(repo, git_remote)
+    try:
+        import ray
+    except ImportError:
+        raise CnnlabError("sweep: --ray needs Ray: pip install 'cnnlab[ray]'") from None
+
+    ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+    try:
+        task = ray.remote(run_trial).options(num_cpus=cpus_per_trial, max_retries=retries)
+        names = [f"{name}-{index}" for index in range(1, len(trials) + 1)]
+        pending = [task.remote(url, commit, trial, grid, cpus_per_trial) for trial, grid in zip(names, trials)]
+        try:
+            done = ray.get(pending)
+        except ray.exceptions.RayTaskError as error:  # a trial failed for a reason a retry cannot fix
+            if isinstance(error.cause, CnnlabError):
+                raise error.cause from None
+            raise
+    finally:
+        ray.shutdown()
+    run(dvc("exp", "pull", "--force", git_remote, *done), repo)
+    return done
