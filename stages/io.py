@@ -166,24 +166,27 @@ def rounded(value: float, digits: int = 4) -> float:
     return float(f"{value:.{digits}g}")
 
 
-def publish_keras_archive(source: str | os.PathLike, target: str | os.PathLike) -> None:
-    """Copy a .keras archive to `target` atomically, made deterministic: the same weights give
-    the same bytes, so that identical runs record identical hashes in dvc.lock. (Keras stamps
-    the save time into metadata.json and a zip entry, and memory addresses into config.json as
-    the ids of shared objects, which are renumbered in order of appearance.)"""
-    with atomic_path(target) as temp, zipfile.ZipFile(source) as archive, \
-            zipfile.ZipFile(temp, "w") as published:
-        for entry in archive.infolist():
-            data = archive.read(entry)
-            if entry.filename == "metadata.json":
-                metadata = json.loads(data)
-                metadata.pop("date_saved", None)
-                data = json.dumps(metadata).encode()
-            elif entry.filename == "config.json":
-                data = json.dumps(_renumber_shared_objects(json.loads(data), {})).encode()
-            fixed = zipfile.ZipInfo(entry.filename, date_time=(1980, 1, 1, 0, 0, 0))
-            fixed.compress_type, fixed.external_attr = entry.compress_type, 0o644 << 16
-            published.writestr(fixed, data)
+def save_keras_model(model, target: str | os.PathLike) -> None:
+    """`model.save` to `target`, atomically and made deterministic: the same weights give the
+    same bytes, so that identical runs record identical hashes in dvc.lock. (Keras stamps the
+    save time into metadata.json and a zip entry, and memory addresses into config.json as the
+    ids of shared objects, which are renumbered in order of appearance.)"""
+    target = Path(target)
+    with atomic_path(target) as temp, tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        saved = Path(scratch) / "model.keras"
+        model.save(saved)
+        with zipfile.ZipFile(saved) as archive, zipfile.ZipFile(temp, "w") as published:
+            for entry in archive.infolist():
+                data = archive.read(entry)
+                if entry.filename == "metadata.json":
+                    metadata = json.loads(data)
+                    metadata.pop("date_saved", None)
+                    data = json.dumps(metadata).encode()
+                elif entry.filename == "config.json":
+                    data = json.dumps(_renumber_shared_objects(json.loads(data), {})).encode()
+                fixed = zipfile.ZipInfo(entry.filename, date_time=(1980, 1, 1, 0, 0, 0))
+                fixed.compress_type, fixed.external_attr = entry.compress_type, 0o644 << 16
+                published.writestr(fixed, data)
 
 
 def _renumber_shared_objects(config: Any, numbers: dict) -> Any:

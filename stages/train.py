@@ -31,7 +31,7 @@ from stages.checkpoints import (
 )
 from stages.config import Params
 from stages.errors import CnnlabError
-from stages.io import atomic_dir, atomic_path, publish_keras_archive, rounded, write_json
+from stages.io import atomic_dir, rounded, save_keras_model, write_json
 from stages.models import build_model, check_architecture, layer_table, parameter_totals
 from stages.optimization import (
     LossChoice, choose_loss, make_accuracy, make_loss, make_optimizer, make_schedule, plateau_callback,
@@ -43,7 +43,6 @@ from stages.runtime import (
 TRAINING, FINE_TUNING = 0, 1
 # DVCLive logs here while training (watch it live); the stage copies it to reports/train at the end.
 LIVE_SCRATCH = "live"
-FINAL_MODEL = "model.keras"  # the best epoch saved whole, before publishing it to `model_path`
 
 
 # --- input pipeline ---------------------------------------------------------------------------
@@ -271,9 +270,7 @@ def train_with(params: Params, prepared_dir: str | Path, augmented_dir: str | Pa
         live.end()
 
         restore_variables(model, folder / state.best_model, state.phase)  # the best epoch, published
-        with atomic_path(folder / FINAL_MODEL) as saved:  # scratch: publish makes it deterministic
-            model.save(saved)
-    publish_keras_archive(folder / FINAL_MODEL, model_path)
+        save_keras_model(model, model_path)
     with atomic_dir(live_dir) as temp_live:
         shutil.copytree(folder / LIVE_SCRATCH, temp_live, dirs_exist_ok=True)
     summary = training_summary(params, model, state, len(train_y), precision)

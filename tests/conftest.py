@@ -15,11 +15,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN_DIR = Path(sys.executable).parent  # the venv's bin: cnnlab and dvc live here
 
 
-def run_cnnlab(*args: str, cwd: Path | str, check: bool = False) -> subprocess.CompletedProcess:
-    """Run `cnnlab ARGS` in a fresh interpreter, as a user (or DVC) would."""
+def run_cnnlab(*args: str, cwd: Path | str, check: bool = False, columns: int | None = None,
+               ) -> subprocess.CompletedProcess:
+    """Run `cnnlab ARGS` in a fresh interpreter, as a user (or DVC) would (on a terminal
+    `columns` wide, when given: tables wrap to the width)."""
     result = subprocess.run(
         [sys.executable, "-m", "stages", *args], cwd=cwd, capture_output=True, text=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **({"COLUMNS": str(columns)} if columns else {})},
     )
     if check and result.returncode != 0:
         raise AssertionError(f"cnnlab {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")

@@ -189,7 +189,8 @@ def test_predict_writes_file_names_that_are_not_utf8_as_readable_text(trained_di
     shutil.copyfile(trained_digits / "data" / "prepared" / "samples.png", folder / name)
     output = tmp_path / "predictions.csv"
 
-    result = run_cnnlab("predict", str(folder), "--output", str(output), cwd=trained_digits)
+    # wide enough that the temporary folder's long path never wraps in the table
+    result = run_cnnlab("predict", str(folder), "--output", str(output), cwd=trained_digits, columns=300)
 
     assert result.returncode == 0, result.stderr
     shown = f"{folder}/caf\\xe9.png"

@@ -191,9 +191,8 @@ def test_summary_dvclive_logs_and_checkpoint_folder(tmp_path):
         rows = (plots / f"{name}.tsv").read_text().strip().splitlines()
         assert len(rows) == 1 + 3, name
     names = {path.name for path in (tmp_path / "checkpoints").iterdir() if path.is_file()}
-    # the last epoch's variables, the best epoch's (the same file when it is the last) and the
-    # best model saved whole before publishing
-    assert names == {"state.json", "epoch-0003.npz", f"epoch-{summary['best_epoch']:04d}.npz", "model.keras"}
+    # the last epoch's variables and the best epoch's (the same file when it is the last)
+    assert names == {"state.json", "epoch-0003.npz", f"epoch-{summary['best_epoch']:04d}.npz"}
     assert not list(tmp_path.glob(".*.tmp*"))  # no temporary files left beside the outputs
 
 
