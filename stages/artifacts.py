@@ -32,7 +32,8 @@ SPLITS = ("train", "val", "test")
 NORMALIZATIONS = ("unit", "standardize")
 # The augmentation policy's transforms: AugmentParams keys, checked with their constraints.
 TRANSFORM_KEYS = ("rotation", "width_shift", "height_shift", "zoom", "shear", "horizontal_flip",
-                  "vertical_flip", "brightness", "contrast", "erasing", "fill_mode")
+                  "vertical_flip", "brightness", "contrast", "erasing", "fill_mode", "randaugment_ops",
+                  "randaugment_magnitude", "mixup_alpha", "cutmix_alpha", "mix_probability")
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 

@@ -111,12 +111,15 @@ def restore(model, folder: Path, state: TrainingState) -> None:
 
 
 def make_checkpointer(folder: Path, state: TrainingState, monitor: str, min_delta: float,
-                      patience: int | None, last_epoch: int, plateau=None):
+                      patience: int | None, last_epoch: int, plateau=None, ema: bool = False):
     """A Keras callback that records each epoch, tracks the best one (saving it whole), stops
     early after `patience` epochs without an improvement larger than `min_delta`, and commits
     the state. `last_epoch` ends the current phase; `plateau` is the ReduceLROnPlateau
-    callback whose counters are saved with the state."""
+    callback whose counters are saved with the state. With `ema` the best model is saved with
+    the averaged weights (those validation measured); the resume state keeps the raw ones."""
     import keras
+
+    from stages.optimization import averaged_weights
 
     maximize = monitor.endswith("accuracy")
 
@@ -136,7 +139,7 @@ def make_checkpointer(folder: Path, state: TrainingState, monitor: str, min_delt
             if improved:
                 state.best_epoch, state.best_value, state.wait = epoch + 1, value, 0
                 state.best_model = f"best-{epoch + 1:04d}.keras"
-                with atomic_path(folder / state.best_model) as temp:
+                with atomic_path(folder / state.best_model) as temp, averaged_weights(self.model, ema):
                     self.model.save(temp)
             else:
                 state.wait += 1

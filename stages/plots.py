@@ -296,8 +296,10 @@ def experiments_overlay(
 def augmentation_preview(
     originals: np.ndarray, variants: np.ndarray, row_labels: Sequence[str],
     value_range: dict[str, Sequence[float]], path: str | os.PathLike, dpi: int = 100,
+    mixed: dict | None = None,
 ) -> None:
-    """Each original (first column) beside its augmented variants, one row per image.
+    """Each original (first column) beside its augmented variants, one row per image; with
+    `mixed` (MixUp / CutMix: `images` and their label `captions`), a last row of mixed images.
 
     All panels share one intensity scale (the data's value range), so brightness and
     contrast changes stay visible instead of being stretched away per image.
@@ -309,18 +311,32 @@ def augmentation_preview(
     # The same colour map for a whole figure, chosen like sample_grid's (dark background -> ink on paper).
     unit_originals = (originals - low) / (high - low)
     cmap = "gray_r" if unit_originals.mean() < 0.5 else "gray"
-    figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.1, rows * 1.1 + 0.4), squeeze=False)
+    mixed_rows = 1 if mixed else 0
+    figure, axes = plt.subplots(rows + mixed_rows, columns,
+                                figsize=(columns * 1.1, (rows + mixed_rows) * 1.1 + 0.4 + 0.3 * mixed_rows),
+                                squeeze=False)
+
+    def draw(axis, image):
+        unit = np.clip((image - low) / (high - low), 0.0, 1.0)
+        if unit.shape[-1] == 1:
+            axis.imshow(unit[..., 0], cmap=cmap, vmin=0.0, vmax=1.0)
+        else:
+            axis.imshow(unit)
+        axis.set_xticks([])
+        axis.set_yticks([])
+
     for row in range(rows):
         for column, image in enumerate([originals[row], *variants[row]]):
-            axis = axes[row, column]
-            unit = np.clip((image - low) / (high - low), 0.0, 1.0)
-            if unit.shape[-1] == 1:
-                axis.imshow(unit[..., 0], cmap=cmap, vmin=0.0, vmax=1.0)
-            else:
-                axis.imshow(unit)
-            axis.set_xticks([])
-            axis.set_yticks([])
+            draw(axes[row, column], image)
         axes[row, 0].set_ylabel(row_labels[row], rotation=0, ha="right", va="center")
+    if mixed:
+        for column, axis in enumerate(axes[rows]):
+            if column < len(mixed["images"]):
+                draw(axis, mixed["images"][column])
+                axis.set_xlabel(mixed["captions"][column].replace(" + ", "\n+ "), fontsize=6)
+            else:
+                axis.axis("off")
+        axes[rows, 0].set_ylabel("mixed", rotation=0, ha="right", va="center")
     axes[0, 0].set_title("original", fontsize=8)
     for column in range(1, columns):
         axes[0, column].set_title(f"augmented {column}", fontsize=8)
