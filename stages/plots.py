@@ -342,3 +342,23 @@ def augmentation_preview(
         axes[0, column].set_title(f"augmented {column}", fontsize=8)
     figure.suptitle("Augmentation preview")
     save_figure(figure, path, dpi)
+
+
+def lr_find_curve(rates: np.ndarray, losses: np.ndarray, smoothed: np.ndarray, record: dict,
+                  path: str | os.PathLike, dpi: int = 100) -> None:
+    """The range test: loss against learning rate (log scale), the suggested rate marked."""
+    figure, axis = plt.subplots(figsize=(6.4, 4.0))
+    axis.plot(rates, losses, color="0.75", linewidth=0.8, label="loss of each step")
+    axis.plot(rates, smoothed, color="C0", linewidth=1.8, label="smoothed loss")
+    suggested = record["suggested_learning_rate"]
+    axis.axvline(suggested, color="C3", linestyle="--", label=f"suggested {suggested:.2g} ({record['rule']})")
+    axis.axvline(record["steepest_descent_rate"], color="C2", linestyle=":",
+                 label=f"steepest descent {record['steepest_descent_rate']:.2g}")
+    axis.set_xscale("log")
+    top = np.nanmax(smoothed[np.isfinite(smoothed)]) if np.isfinite(smoothed).any() else 1.0
+    axis.set_ylim(max(0.0, np.nanmin(smoothed) * 0.9), min(top, 4 * np.nanmin(smoothed)) * 1.05)
+    axis.set_xlabel("learning rate")
+    axis.set_ylabel("training loss")
+    axis.set_title("Learning-rate range test")
+    axis.legend(fontsize=8)
+    save_figure(figure, path, dpi)

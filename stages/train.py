@@ -145,16 +145,19 @@ def evaluation_dataset(labels, batch_size: int, read_batch):
 
 
 # --- model, phases, callbacks -------------------------------------------------------------------
-def compile_for_phase(model, params: Params, phase: int, steps_per_epoch: int, loss: LossChoice) -> None:
+def compile_for_phase(model, params: Params, phase: int, steps_per_epoch: int, loss: LossChoice,
+                      rate: float | None = None) -> None:
     """Which layers learn and at what rate: the whole model with the schedule, except that a
-    transfer base is frozen while its head trains first, then fine-tuned at a constant rate."""
+    transfer base is frozen while its head trains first, then fine-tuned at a constant rate.
+    `rate` replaces the schedule by a constant (a variable the caller may set: lr-find)."""
     train = params.train
     if params.model.architecture == "transfer":
         from stages.transfer import find_base, set_base_trainable_layers
 
         frozen_first = phase == TRAINING and train.fine_tune_epochs > 0
         set_base_trainable_layers(find_base(model), 0 if frozen_first else params.model.base_trainable_layers)
-    rate = make_schedule(train, steps_per_epoch) if phase == TRAINING else train.fine_tune_learning_rate
+    if rate is None:
+        rate = make_schedule(train, steps_per_epoch) if phase == TRAINING else train.fine_tune_learning_rate
     model.compile(optimizer=make_optimizer(train, rate), loss=make_loss(loss, train),
                   metrics=[make_accuracy(loss)])
     model.optimizer.build(model.trainable_variables)  # so that a checkpoint can restore its state
