@@ -32,8 +32,8 @@ from stages.errors import CnnlabError
 from stages.io import atomic_dir, publish_keras_archive, rounded, write_json
 from stages.models import build_model, check_architecture, layer_table, parameter_totals
 from stages.optimization import (
-    LossChoice, choose_loss, class_weights, ema_callbacks, make_accuracy, make_loss, make_optimizer, make_schedule,
-    plateau_callback, sample_weighting,
+    LossChoice, choose_loss, class_weights, ema_callbacks, make_accuracy, make_loss, make_optimizer,
+    make_schedule, plateau_callback, sample_weighting,
 )
 from stages.runtime import (
     distribution_strategy, import_tensorflow, keras_verbosity, resolve_precision, seed_everything,
@@ -238,9 +238,9 @@ def train(
     num_classes, batch_size = meta["num_classes"], params.train.batch_size
     loss = choose_loss(params.train, num_classes)
     if policy.get("mixes_labels") and loss.label_format == "binary":
-        raise bad_value("augment.mixup_alpha", "0, and augment.cutmix_alpha 0, for a two-class dataset "
-                        "(its one sigmoid output's accuracy needs 0/1 labels, not mixed ones)",
-                        params.augment.mixup_alpha)
+        key = "mixup_alpha" if params.augment.mixup_alpha else "cutmix_alpha"
+        raise bad_value(f"augment.{key}", "0 for a two-class dataset (the accuracy of its one sigmoid "
+                        "output needs 0/1 labels, not MixUp/CutMix's mixed ones)", getattr(params.augment, key))
     weights = class_weights(params.train, train_y, meta["class_names"])
     precision = resolve_precision(params.train.precision)
     strategy = strategy or distribution_strategy()
@@ -295,7 +295,8 @@ def training_summary(params: Params, model, state: TrainingState, train_y: np.nd
         "best_value": state.best_value,
         "train_images": int(len(train_y)),
         "class_counts": dict(zip(class_names, counts.tolist(), strict=True)),
-        "class_weights": None if weights is None else dict(zip(class_names, map(rounded, weights.tolist()), strict=True)),
+        "class_weights": (None if weights is None
+                          else dict(zip(class_names, map(rounded, weights.tolist()), strict=True))),
         "precision": precision,
         "layers": layer_table(model),
         "params": {
