@@ -129,7 +129,14 @@ def parameters_section(summary: dict) -> str | None:
     if not used:
         return None
     defaults = flatten(dataclasses.asdict(Params()))
-    changed = [(key, show(value), show(defaults[key]) if key in defaults else "(not a cnnlab param)")
+
+    def declared(key: str) -> str | None:
+        """The params key that `key` is, or is an entry of (train.class_weight.3 -> train.class_weight)."""
+        while key and key not in defaults:
+            key = key.rpartition(".")[0]
+        return key or None
+
+    changed = [(key, show(value), show(defaults[declared(key)]) if declared(key) else "(not a cnnlab param)")
                for key, value in used.items() if key not in defaults or show(defaults[key]) != show(value)]
     body = (markdown_table(pd.DataFrame(changed, columns=["key", "value", "cnnlab default"]))
             if changed else "Every training param has cnnlab's default value.")

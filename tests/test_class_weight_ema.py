@@ -102,3 +102,11 @@ def test_ema_weights_are_validated_and_saved_while_training_continues_from_the_r
     assert saved_loss == pytest.approx(state["history"]["val_loss"][0], rel=1e-4)  # validation saw the average
     assert raw_loss != pytest.approx(saved_loss, rel=1e-4)
     assert json.loads((tmp_path / "summary.json").read_text())["params"]["train"]["ema"] == 0.9
+
+
+def test_the_report_lists_a_class_weight_mapping_as_a_changed_cnnlab_param():
+    from stages.report import parameters_section
+
+    table = parameters_section({"params": {"train": {"class_weight": {"owl": 3.0}}}}).split("\n\n")[0]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines()[2:]]
+    assert rows == [["train.class_weight.owl", "3.0000", "none"]]

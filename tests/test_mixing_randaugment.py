@@ -184,3 +184,18 @@ def test_mixing_needs_online_mode_and_a_loss_that_takes_probabilities():
         parse_params({"augment": {"mode": "online", "mixup_alpha": 0.2}, "train": {"loss": "sparse_categorical"}})
     assert not AugmentParams(mode="online", mixup_alpha=0.2, rotation=0, width_shift=0, height_shift=0,
                              zoom=0).is_identity()
+
+
+def test_mixing_on_a_two_class_dataset_is_one_line_before_training(tmp_path):
+    from stages.augment import augment
+    from stages.config import ConfigError, parse_params
+    from stages.train import train
+    from tests.training_data import write_prepared
+
+    prepared = write_prepared(tmp_path, num_classes=2)
+    config = parse_params({"augment": {"mode": "online", "cutmix_alpha": 1.0}})
+    augment(config.augment, config.seed, prepared, tmp_path / "augmented")
+    with pytest.raises(ConfigError, match=r"'augment.cutmix_alpha' must be 0 for a two-class dataset"):
+        train(config, prepared, tmp_path / "augmented", tmp_path / "model.keras", tmp_path / "summary.json",
+              tmp_path / "live", tmp_path / "checkpoints")
+    assert not (tmp_path / "model.keras").exists() and not (tmp_path / "checkpoints").exists()
