@@ -124,6 +124,8 @@ def policy_problem(policy: Any) -> str | None:
         return "'seed' must be a whole number"
     if problem := transforms_problem(policy.get("transforms")):
         return problem
+    if not isinstance(policy.get("mixes_labels", False), bool):
+        return "'mixes_labels' must be true or false"
     limits = policy.get("value_range")
     if not isinstance(limits, dict) or not all(
             isinstance(limits.get(end), list) and limits[end] and all(map(_is_number, limits[end]))
