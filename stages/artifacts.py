@@ -32,7 +32,8 @@ SPLITS = ("train", "val", "test")
 NORMALIZATIONS = ("unit", "standardize")
 # The augmentation policy's transforms: AugmentParams keys, checked with their constraints.
 TRANSFORM_KEYS = ("rotation", "width_shift", "height_shift", "zoom", "shear", "horizontal_flip",
-                  "vertical_flip", "brightness", "contrast", "erasing", "fill_mode")
+                  "vertical_flip", "brightness", "contrast", "erasing", "fill_mode", "randaugment_ops",
+                  "randaugment_magnitude", "mixup_alpha", "cutmix_alpha", "mix_probability")
 
 
 def damaged(path: str | Path, problem: str, stage: str) -> DataError:
@@ -122,6 +123,8 @@ def policy_problem(policy: Any) -> str | None:
         return "'seed' must be a whole number"
     if problem := transforms_problem(policy.get("transforms")):
         return problem
+    if not isinstance(policy.get("mixes_labels", False), bool):
+        return "'mixes_labels' must be true or false"
     limits = policy.get("value_range")
     if not isinstance(limits, dict) or not all(
             isinstance(limits.get(end), list) and limits[end] and all(map(_is_number, limits[end]))

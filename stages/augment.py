@@ -70,12 +70,14 @@ def resolve_policy(params: AugmentParams, seed: int, meta: dict) -> dict:
         "dataset": meta["dataset"],
         "transforms": {key: getattr(params, key) for key in TRANSFORM_KEYS},
         "value_range": value_range(meta),
+        "mixes_labels": params.mixes_labels(),
         "warnings": flip_warnings(params, meta["dataset"]),
     }
     if params.mode == "offline":
         policy["copies"] = params.copies
         policy["train_images"] = (params.copies + 1) * int(meta["splits"]["train"])
     return policy
+
 
 def build_augmenter(policy: dict) -> Callable:
     """`augment(images, seed) -> images` for one batch, from a resolved policy."""
@@ -84,23 +86,34 @@ def build_augmenter(policy: dict) -> Callable:
     return build(policy["transforms"], policy["value_range"]["low"], policy["value_range"]["high"])
 
 
+def build_mixer(policy: dict) -> Callable | None:
+    """`mix(images, labels, seed) -> (images, labels)` (MixUp, CutMix) for one batch, or None
+    when the policy mixes no labels."""
+    from stages.transforms import build_mixer as build
+
+    return build(policy["transforms"]) if policy.get("mixes_labels") else None
+
+
 def build_online_augmenter(policy: dict) -> Callable:
     """A function mapping a batched (images, labels) tf.data pipeline to its augmented twin.
 
     Batch number `step` of the whole run (counted across epochs from `first_step`) is
     transformed with the seed pair (policy seed, step): a fresh transform of every image in
     every epoch, repeatable from the seed, and the same after a resumed run starts again at
-    a later step. Stateless, so the map runs in parallel with training.
+    a later step. MixUp / CutMix then mix the batch's images and (one-hot) labels, from the
+    same seed pair. Stateless, so the map runs in parallel with training.
     """
     tf = import_tensorflow()
-    augment_batch = build_augmenter(policy)
+    augment_batch, mix = build_augmenter(policy), build_mixer(policy)
     seed = tf.constant(policy["seed"], dtype=tf.int64)
 
+    def augment_pair(step, batch):
+        batch_seed = tf.stack([seed, step])
+        images = augment_batch(batch[0], batch_seed)
+        return mix(images, batch[1], batch_seed) if mix else (images, batch[1])
+
     def augment_dataset(dataset, first_step: int = 0):
-        return dataset.enumerate(start=first_step).map(
-            lambda step, batch: (augment_batch(batch[0], tf.stack([seed, step])), batch[1]),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
+        return dataset.enumerate(start=first_step).map(augment_pair, num_parallel_calls=tf.data.AUTOTUNE)
 
     return augment_dataset
 
@@ -145,7 +158,24 @@ def write_preview(augment_batch: Callable, images: np.ndarray, labels: np.ndarra
         for row, original in enumerate(originals)
     ])
     names = [meta["class_names"][class_id] for class_id, _ in rows]
-    plots.augmentation_preview(originals, variants, names, policy["value_range"], path)
+    mixed = mixed_examples(policy, originals, [class_id for class_id, _ in rows], meta)
+    plots.augmentation_preview(originals, variants, names, policy["value_range"], path, mixed=mixed)
+
+
+def mixed_examples(policy: dict, originals: np.ndarray, class_ids: list[int], meta: dict) -> dict | None:
+    """MixUp / CutMix applied to the preview's originals (each mixed, with a partner from the
+    others): the mixed images and, per image, its label as 'share class + share class'."""
+    mix = build_mixer({**policy, "transforms": {**policy["transforms"], "mix_probability": 1.0}})
+    if mix is None or len(originals) < 2:
+        return None
+    one_hot = np.eye(meta["num_classes"], dtype=np.float32)[class_ids]
+    images, labels = mix(originals, one_hot, np.array([policy["seed"], len(originals)], dtype=np.int64))
+    captions = []
+    for label in np.asarray(labels):
+        shares = sorted(((share, meta["class_names"][index]) for index, share in enumerate(label) if share > 0.005),
+                        reverse=True)
+        captions.append(" + ".join(f"{share:.2f} {name}" for share, name in shares))
+    return {"images": np.asarray(images), "captions": captions}
 
 
 def augment(params: AugmentParams, seed: int, prepared_dir: str | Path, output_dir: str | Path) -> dict:

@@ -102,22 +102,31 @@ def load_state(folder: Path, expected_fingerprint: str) -> TrainingState | None:
     return state
 
 
-def save_variables(model, path: Path, phase: int) -> None:
-    """The model's variables (weights and seed states) and its optimizer's, as NumPy arrays."""
+def save_variables(model, path: Path, phase: int, ema: bool = False) -> None:
+    """The model's variables (weights and seed states) and its optimizer's, as NumPy arrays;
+    with `ema`, the model's variables as validation measured them too (the optimizer's moving
+    average of the weights in place of the raw ones)."""
+    from stages.optimization import averaged_weights
+
     arrays = {f"model_{index}": variable.numpy() for index, variable in enumerate(model.variables)}
     arrays.update({f"optimizer_{index}": variable.numpy()
                    for index, variable in enumerate(model.optimizer.variables)})
+    if ema:
+        with averaged_weights(model, True):
+            arrays.update({f"averaged_{index}": variable.numpy() for index, variable in enumerate(model.variables)})
     with atomic_path(path) as temp:
         with open(temp, "wb") as handle:
             np.savez(handle, phase=np.int64(phase), **arrays)
 
 
-def restore_variables(model, path: Path, phase: int | None = None) -> None:
-    """Assign the variables `save_variables` wrote to `path`: the model's always, the
-    optimizer's too when they were saved in `phase` (the same optimizer)."""
+def restore_variables(model, path: Path, phase: int | None = None, validated: bool = False) -> None:
+    """Assign the variables `save_variables` wrote to `path`: the model's (as validation
+    measured them when `validated`, i.e. averaged under EMA), and the optimizer's too when
+    they were saved in `phase` (the same optimizer)."""
     with np.load(path) as saved:
+        source = "averaged" if validated and "averaged_0" in saved.files else "model"
         for index, variable in enumerate(model.variables):
-            variable.assign(saved[f"model_{index}"])
+            variable.assign(saved[f"{source}_{index}"])
         if phase is not None and int(saved["phase"]) == phase:
             for index, variable in enumerate(model.optimizer.variables):
                 variable.assign(saved[f"optimizer_{index}"])
@@ -129,11 +138,12 @@ def restore(model, folder: Path, state: TrainingState) -> None:
 
 
 def make_checkpointer(folder: Path, state: TrainingState, monitor: str, min_delta: float,
-                      patience: int | None, last_epoch: int, plateau=None):
+                      patience: int | None, last_epoch: int, plateau=None, ema: bool = False):
     """A Keras callback that records each epoch, tracks the best one (saving it whole), stops
     early after `patience` epochs without an improvement larger than `min_delta`, and commits
     the state. `last_epoch` ends the current phase; `plateau` is the ReduceLROnPlateau
-    callback whose counters are saved with the state."""
+    callback whose counters are saved with the state. With `ema` each epoch's file also holds
+    the averaged weights (those validation measured, published for the best epoch)."""
     import keras
 
     maximize = monitor.endswith("accuracy")
@@ -152,7 +162,7 @@ def make_checkpointer(folder: Path, state: TrainingState, monitor: str, min_delt
             improved = state.best_value is None or (
                 value - min_delta > state.best_value if maximize else value + min_delta < state.best_value)
             state.checkpoint = f"epoch-{epoch + 1:04d}.npz"
-            save_variables(self.model, folder / state.checkpoint, state.phase)
+            save_variables(self.model, folder / state.checkpoint, state.phase, ema)
             if improved:
                 state.best_epoch, state.best_value, state.wait = epoch + 1, value, 0
                 state.best_model = state.checkpoint

@@ -242,6 +242,25 @@ def sweep(
     typer.echo(f"{len(names)} experiments ({', '.join(names)}); compare them: cnnlab compare --experiments")
 
 
+@tool(name="lr-find")
+def lr_find(params: str = ParamsOption, prepared: Path = PreparedOption, augmented: Path = AugmentedOption,
+            output: Path = typer.Option(Path("reports/lr_find"), help="Folder for lr_find.png and lr_find.json "
+                                        "(no stage reads or writes it)."),
+            steps: int = typer.Option(200, min=10, help="Training steps, one per learning rate, at most."),
+            min_rate: float = typer.Option(1e-7, help="First learning rate."),
+            max_rate: float = typer.Option(10.0, help="Last learning rate."),
+            ) -> None:
+    """Learning-rate range test on the current params and prepared data: plot and a suggested
+    train.learning_rate. Touches no model, report or checkpoint of the pipeline."""
+    config = load_params(params)
+    from stages.lr_find import lr_find as run
+
+    record = run(config, prepared, augmented, output, steps, min_rate, max_rate)
+    stopped = " (stopped early: the loss diverged)" if record["stopped_early"] else ""
+    typer.echo(f"suggested train.learning_rate {record['suggested_learning_rate']:.2g} after "
+               f"{record['steps']} steps{stopped} -> {output}")
+
+
 MetaOption = typer.Option(Path("data/prepared/meta.json"),
                           help="meta.json written by `prepare` (image size, colour mode, normalization).")
 

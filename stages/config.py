@@ -216,6 +216,27 @@ class BaseWeights(Constraint):
         raise ValueError
 
 
+class ClassWeights(Constraint):
+    """'none', 'balanced', or a mapping from class (name or index) to a positive weight; a
+    mapping is stored with string keys (YAML's integer keys too), checked against the classes
+    by `train`, which knows them."""
+
+    def describe(self) -> str:
+        return "'none', 'balanced', or a mapping {class name or index: weight > 0} such as {3: 2.0}"
+
+    def convert(self, value: Any) -> Any:
+        if value is None or value in ("none", "balanced"):
+            return value or "none"
+        if not isinstance(value, Mapping) or not value:
+            raise ValueError
+        weights = {}
+        for key, weight in value.items():
+            if isinstance(key, bool) or not isinstance(key, (str, int)):
+                raise ValueError
+            weights[str(key)] = Interval(float, 0, 1e6, low_open=True).convert(weight)
+        return weights
+
+
 def per_block(value: Any, blocks: int) -> tuple:
     """A PerBlock value as one entry per block."""
     return tuple(value) if isinstance(value, tuple) else (value,) * blocks
@@ -380,12 +401,40 @@ class AugmentParams:
         "constant", OneOf(*FILL_MODES),
         "how pixels moved in from outside are filled (constant = black)",
     )
+    randaugment_ops: int = param(
+        0, Interval(int, 0, 10),
+        "RandAugment: transforms per image, each drawn from identity, rotate, shear, translate x/y, "
+        "brightness, contrast, solarize, posterize, autocontrast (0 = off)",
+    )
+    randaugment_magnitude: int = param(
+        9, Interval(int, 0, 30), "RandAugment: strength of every transform, 0 (none) to 30 (strongest)"
+    )
+    mixup_alpha: float = param(
+        0.0, Interval(float, 0, 10),
+        "online only: MixUp, blend each image and its label with another's; the own share is drawn "
+        "from Beta(alpha, alpha) (0 = off; 0.2 to 0.4 usual)",
+    )
+    cutmix_alpha: float = param(
+        0.0, Interval(float, 0, 10),
+        "online only: CutMix, paste a box of another image, labels mixed by area; the own share is "
+        "drawn from Beta(alpha, alpha) (0 = off; 1.0 usual)",
+    )
+    mix_probability: float = param(
+        1.0, Interval(float, 0, 1),
+        "MixUp/CutMix: share of the training images mixed (with both on, each mixed image gets one "
+        "of the two with probability 0.5)",
+    )
+
+    def mixes_labels(self) -> bool:
+        """MixUp or CutMix on: training labels become mixtures of two classes."""
+        return bool(self.mix_probability) and bool(self.mixup_alpha or self.cutmix_alpha)
 
     def is_identity(self) -> bool:
         """True when no transform would change an image."""
         amounts = (self.rotation, self.width_shift, self.height_shift, self.zoom, self.shear,
-                   self.brightness, self.contrast, self.erasing)
-        return not any(amounts) and not self.horizontal_flip and not self.vertical_flip
+                   self.brightness, self.contrast, self.erasing, self.randaugment_ops)
+        return (not any(amounts) and not self.horizontal_flip and not self.vertical_flip
+                and not self.mixes_labels())
 
     def check(self, source: str) -> None:
         if self.mode != "off" and self.is_identity():
@@ -394,6 +443,11 @@ class AugmentParams:
                 "'off' when every transform is 0 or false (set e.g. augment.rotation=10 to augment)",
                 self.mode, source,
             )
+        if self.mixes_labels() and self.mode != "online":
+            key = "augment.mixup_alpha" if self.mixup_alpha else "augment.cutmix_alpha"
+            raise bad_value(key, "0 unless augment.mode is 'online' (MixUp and CutMix mix each batch's "
+                            "labels as it is drawn; stored copies keep one class per image)",
+                            getattr(self, key.split(".")[1]), source)
 
 
 @dataclass(frozen=True)
@@ -561,6 +615,16 @@ class TrainParams:
         None, Nullable(Interval(float, 0, 1e6, low_open=True)),
         "clip each gradient element to [-clip_value, clip_value] (null = no clipping)",
     )
+    class_weight: str | dict = param(
+        "none", ClassWeights(),
+        "weight of each class in the training loss: none (all 1), balanced (n_images / (n_classes x "
+        "class count), scikit-learn's), or {class name or index: weight} (classes left out: 1)",
+    )
+    ema: float | None = param(
+        None, Nullable(Interval(float, 0, 1, low_open=True, high_open=True)),
+        "exponential moving average of the weights, this momentum per step (e.g. 0.99): validation "
+        "and the saved model use the averaged weights (null = off)",
+    )
     batch_size: int = param(32, Interval(int, 1, 65536), "images per gradient step")
     epochs: int = param(30, Interval(int, 1, 10000), "passes over the training set (at most)")
     monitor: str = param(
@@ -654,6 +718,11 @@ class ReportParams:
         0.05, Interval(float, 0, 1, low_open=True, high_open=True),
         "validation error minus training error at the best epoch above which the model overfits",
     )
+    imbalance_ratio: float = param(
+        3.0, Interval(float, 1, 1e6),
+        "the report warns when the largest training class has more than this many times the images "
+        "of the smallest and train.class_weight is none",
+    )
 
 
 @dataclass(frozen=True)
@@ -675,6 +744,10 @@ class Params:
                 "model.base_trainable_layers > 0 (the layers to fine-tune)",
                 self.train.fine_tune_epochs, source,
             )
+        if self.augment.mixes_labels() and self.train.loss == "sparse_categorical":
+            raise bad_value("train.loss", "'categorical' or 'auto' when augment.mixup_alpha or "
+                            "augment.cutmix_alpha is on (mixed labels are class probabilities, not "
+                            "integers)", self.train.loss, source)
 
 
 # --- parsing -----------------------------------------------------------------------------------

@@ -7,7 +7,10 @@ metric, so it is a callback (see stages.checkpoints for how its state survives a
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+
+import numpy as np
 
 from stages.config import TrainParams, bad_value
 
@@ -54,6 +57,49 @@ def make_accuracy(choice: LossChoice):
     return metric(name="accuracy")
 
 
+def class_weights(params: TrainParams, labels: np.ndarray, class_names: list[str]) -> np.ndarray | None:
+    """One loss weight per class from `train.class_weight` (None for 'none'): 'balanced' is
+    scikit-learn's n_images / (n_classes x count); a mapping names classes by name or index."""
+    setting, count = params.class_weight, len(class_names)
+    if setting == "none":
+        return None
+    if setting == "balanced":
+        from sklearn.utils.class_weight import compute_class_weight
+
+        present = np.unique(labels)  # a class with no training image keeps weight 1
+        weights = np.ones(count)
+        weights[present] = compute_class_weight("balanced", classes=present, y=np.asarray(labels))
+        return weights.astype(np.float32)
+    weights = np.ones(count, dtype=np.float32)
+    for key, weight in setting.items():
+        if key in class_names:
+            weights[class_names.index(key)] = weight
+        elif key.isdigit() and int(key) < count:
+            weights[int(key)] = weight
+        else:
+            raise bad_value("train.class_weight", f"keyed by class names ({', '.join(class_names[:10])}"
+                            f"{', ...' if count > 10 else ''}) or indices 0-{count - 1}", {key: weight})
+    return weights
+
+
+def sample_weighting(weights: np.ndarray, choice: LossChoice):
+    """A tf.data map (images, labels) -> (images, labels, per-image loss weight): a one-hot or
+    mixed (MixUp/CutMix) label weighs its classes' weights by their shares."""
+    from stages.runtime import import_tensorflow
+
+    tf = import_tensorflow()
+    table = tf.constant(weights, tf.float32)
+
+    def weigh(images, labels):
+        if choice.label_format == "integer":
+            return images, labels, tf.gather(table, labels)
+        if choice.label_format == "binary":
+            return images, labels, labels[:, 0] * table[1] + (1.0 - labels[:, 0]) * table[0]
+        return images, labels, tf.linalg.matvec(tf.cast(labels, tf.float32), table)
+
+    return weigh
+
+
 def make_schedule(params: TrainParams, steps_per_epoch: int):
     """The learning rate as a function of the step: a float, or a Keras LearningRateSchedule."""
     from keras.optimizers import schedules
@@ -82,6 +128,8 @@ def make_optimizer(params: TrainParams, learning_rate):
     import keras
 
     options = {"learning_rate": learning_rate}
+    if params.ema is not None:  # Polyak averaging of the weights, kept by the optimizer
+        options.update(use_ema=True, ema_momentum=params.ema)
     if params.clip_norm is not None:
         options["clipnorm"] = params.clip_norm
     if params.clip_value is not None:
@@ -95,6 +143,32 @@ def make_optimizer(params: TrainParams, learning_rate):
     constructor = {"sgd": optimizers.SGD, "rmsprop": optimizers.RMSprop, "adam": optimizers.Adam,
                    "nadam": optimizers.Nadam}[name]
     return constructor(**options)
+
+
+def ema_callbacks(params: TrainParams) -> list:
+    """With `train.ema`: validation runs on the averaged weights (Keras's SwapEMAWeights swaps
+    them in for each evaluation and back for training)."""
+    import keras
+
+    return [keras.callbacks.SwapEMAWeights()] if params.ema is not None else []
+
+
+@contextlib.contextmanager
+def averaged_weights(model, ema: bool):
+    """Inside the block the model holds the optimizer's moving average of its weights (when
+    `ema`), afterwards its raw weights again: for saving the model that validation measured."""
+    if not ema:
+        yield
+        return
+    import keras
+
+    swap = keras.callbacks.SwapEMAWeights()
+    swap.set_model(model)
+    swap.on_test_begin()
+    try:
+        yield
+    finally:
+        swap.on_test_end()
 
 
 def plateau_callback(params: TrainParams, saved: dict | None = None):

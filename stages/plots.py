@@ -296,8 +296,10 @@ def experiments_overlay(
 def augmentation_preview(
     originals: np.ndarray, variants: np.ndarray, row_labels: Sequence[str],
     value_range: dict[str, Sequence[float]], path: str | os.PathLike, dpi: int = 100,
+    mixed: dict | None = None,
 ) -> None:
-    """Each original (first column) beside its augmented variants, one row per image.
+    """Each original (first column) beside its augmented variants, one row per image; with
+    `mixed` (MixUp / CutMix: `images` and their label `captions`), a last row of mixed images.
 
     All panels share one intensity scale (the data's value range), so brightness and
     contrast changes stay visible instead of being stretched away per image.
@@ -309,20 +311,54 @@ def augmentation_preview(
     # The same colour map for a whole figure, chosen like sample_grid's (dark background -> ink on paper).
     unit_originals = (originals - low) / (high - low)
     cmap = "gray_r" if unit_originals.mean() < 0.5 else "gray"
-    figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.1, rows * 1.1 + 0.4), squeeze=False)
+    mixed_rows = 1 if mixed else 0
+    figure, axes = plt.subplots(rows + mixed_rows, columns,
+                                figsize=(columns * 1.1, (rows + mixed_rows) * 1.1 + 0.4 + 0.3 * mixed_rows),
+                                squeeze=False)
+
+    def draw(axis, image):
+        unit = np.clip((image - low) / (high - low), 0.0, 1.0)
+        if unit.shape[-1] == 1:
+            axis.imshow(unit[..., 0], cmap=cmap, vmin=0.0, vmax=1.0)
+        else:
+            axis.imshow(unit)
+        axis.set_xticks([])
+        axis.set_yticks([])
+
     for row in range(rows):
         for column, image in enumerate([originals[row], *variants[row]]):
-            axis = axes[row, column]
-            unit = np.clip((image - low) / (high - low), 0.0, 1.0)
-            if unit.shape[-1] == 1:
-                axis.imshow(unit[..., 0], cmap=cmap, vmin=0.0, vmax=1.0)
-            else:
-                axis.imshow(unit)
-            axis.set_xticks([])
-            axis.set_yticks([])
+            draw(axes[row, column], image)
         axes[row, 0].set_ylabel(row_labels[row], rotation=0, ha="right", va="center")
+    if mixed:
+        for column, axis in enumerate(axes[rows]):
+            if column < len(mixed["images"]):
+                draw(axis, mixed["images"][column])
+                axis.set_xlabel(mixed["captions"][column].replace(" + ", "\n+ "), fontsize=6)
+            else:
+                axis.axis("off")
+        axes[rows, 0].set_ylabel("mixed", rotation=0, ha="right", va="center")
     axes[0, 0].set_title("original", fontsize=8)
     for column in range(1, columns):
         axes[0, column].set_title(f"augmented {column}", fontsize=8)
     figure.suptitle("Augmentation preview")
+    save_figure(figure, path, dpi)
+
+
+def lr_find_curve(rates: np.ndarray, losses: np.ndarray, smoothed: np.ndarray, record: dict,
+                  path: str | os.PathLike, dpi: int = 100) -> None:
+    """The range test: loss against learning rate (log scale), the suggested rate marked."""
+    figure, axis = plt.subplots(figsize=(6.4, 4.0))
+    axis.plot(rates, losses, color="0.75", linewidth=0.8, label="loss of each step")
+    axis.plot(rates, smoothed, color="C0", linewidth=1.8, label="smoothed loss")
+    suggested = record["suggested_learning_rate"]
+    axis.axvline(suggested, color="C3", linestyle="--", label=f"suggested {suggested:.2g} ({record['rule']})")
+    axis.axvline(record["steepest_descent_rate"], color="C2", linestyle=":",
+                 label=f"steepest descent {record['steepest_descent_rate']:.2g}")
+    axis.set_xscale("log")
+    top = np.nanmax(smoothed[np.isfinite(smoothed)]) if np.isfinite(smoothed).any() else 1.0
+    axis.set_ylim(max(0.0, np.nanmin(smoothed) * 0.9), min(top, 4 * np.nanmin(smoothed)) * 1.05)
+    axis.set_xlabel("learning rate")
+    axis.set_ylabel("training loss")
+    axis.set_title("Learning-rate range test")
+    axis.legend(fontsize=8)
     save_figure(figure, path, dpi)

@@ -129,7 +129,14 @@ def parameters_section(summary: dict) -> str | None:
     if not used:
         return None
     defaults = flatten(dataclasses.asdict(Params()))
-    changed = [(key, show(value), show(defaults[key]) if key in defaults else "(not a cnnlab param)")
+
+    def declared(key: str) -> str | None:
+        """The params key that `key` is, or is an entry of (train.class_weight.3 -> train.class_weight)."""
+        while key and key not in defaults:
+            key = key.rpartition(".")[0]
+        return key or None
+
+    changed = [(key, show(value), show(defaults[declared(key)]) if declared(key) else "(not a cnnlab param)")
                for key, value in used.items() if key not in defaults or show(defaults[key]) != show(value)]
     body = (markdown_table(pd.DataFrame(changed, columns=["key", "value", "cnnlab default"]))
             if changed else "Every training param has cnnlab's default value.")
@@ -210,9 +217,11 @@ def headline_section(metrics: dict, comparison: Comparison | None) -> str:
     return f"{verdict}\n\n{compare.format_table(table, markdown=True)}"
 
 
-def per_class_section(per_class: pd.DataFrame, comparison: Comparison | None) -> str:
-    """Precision, recall, F1 and support per class; with a base revision, each score's change and
-    the F1 verdict of McNemar's test on that class's images."""
+def per_class_section(per_class: pd.DataFrame, comparison: Comparison | None,
+                      train_counts: Mapping[str, int] | None = None) -> str:
+    """Precision, recall, F1 and support (test images) per class, and the class's training
+    images when train recorded them; with a base revision, each score's change and the F1
+    verdict of McNemar's test on that class's images."""
     rows = []
     base = comparison.base_per_class if comparison else {}
     verdicts = dict(zip(comparison.per_class["class"], comparison.per_class["verdict"])) if comparison else {}
@@ -224,6 +233,8 @@ def per_class_section(per_class: pd.DataFrame, comparison: Comparison | None) ->
                 before = base.get(record["class"], {}).get(column)
                 row[f"{column} change"] = "" if before is None else f"{record[column] - before:+.4f}"
         row["support"] = str(record["support"])
+        if train_counts:
+            row["train images"] = str(train_counts.get(record["class"], ""))
         if comparison:
             row["F1 verdict"] = {"worse": "**worse**"}.get(verdicts.get(record["class"], ""),
                                                         verdicts.get(record["class"], ""))
@@ -251,6 +262,22 @@ def confused_section(rows: pd.DataFrame | None) -> str:
         return "No test image was misclassified."
     pairs["share of the actual class"] = [f"{share:.1%}" for share in pairs["share of the actual class"]]
     return pairs.to_markdown(index=False, disable_numparse=True, colalign=("left", "left", "right", "right"))
+
+
+def imbalance_warning(summary: dict, ratio_limit: float) -> str | None:
+    """A warning when the training set's largest class outnumbers its smallest by more than
+    `ratio_limit` (report.imbalance_ratio) and train.class_weight leaves the classes unweighted."""
+    counts = summary.get("class_counts") or {}
+    if not counts or summary.get("params", {}).get("train", {}).get("class_weight", "none") != "none":
+        return None
+    largest, smallest = max(counts, key=counts.get), min(counts, key=counts.get)
+    ratio = counts[largest] / max(counts[smallest], 1)
+    if ratio <= ratio_limit:
+        return None
+    return (f"**Imbalanced training set**: class {largest} has {counts[largest]} images, class {smallest} "
+            f"{counts[smallest]} ({ratio:.1f} times fewer; report.imbalance_ratio is {ratio_limit:g}), and "
+            "train.class_weight is none: the rare classes weigh little in the loss. Consider "
+            "train.class_weight=balanced, and judge by recall and macro F1 rather than accuracy.")
 
 
 def diagnosis_section(params: ReportParams, history: dict, summary: dict, meta: dict) -> str:
@@ -376,7 +403,8 @@ def report(params: ReportParams, inputs: ReportInputs, output_path: str | Path) 
         image(links, "training_curves.png", "Training and validation accuracy and loss per epoch; the dashed line is "
                "the best epoch, the one saved as the model"),
         "## Where the model errs",
-        "### Per-class precision, recall and F1", per_class_section(per_class, comparison),
+        "### Per-class precision, recall and F1", imbalance_warning(summary, params.imbalance_ratio),
+        per_class_section(per_class, comparison, summary.get("class_counts")),
         "### Confusion matrix (test set)", image(links, "confusion_matrix.png", "Confusion matrix (test set)"),
         "### Most confused class pairs", confused_section(rows),
         "### Misclassified test images", image(links, "misclassified.png", "Misclassified test images")

@@ -29,12 +29,13 @@ from stages.augment import online_augmentation
 from stages.checkpoints import (
     TrainingState, fingerprint, load_state, make_checkpointer, restore, restore_variables,
 )
-from stages.config import Params
+from stages.config import Params, bad_value
 from stages.errors import CnnlabError
 from stages.io import atomic_dir, rounded, save_keras_model, write_json
 from stages.models import build_model, check_architecture, layer_table, parameter_totals
 from stages.optimization import (
-    LossChoice, choose_loss, make_accuracy, make_loss, make_optimizer, make_schedule, plateau_callback,
+    LossChoice, choose_loss, class_weights, ema_callbacks, make_accuracy, make_loss, make_optimizer,
+    make_schedule, plateau_callback, sample_weighting,
 )
 from stages.runtime import (
     distribution_strategy, import_tensorflow, keras_verbosity, resolve_precision, seed_everything, worker_outputs,
@@ -115,10 +116,11 @@ def batch_reader(images: np.ndarray, labels: np.ndarray, loss: LossChoice, num_c
 
 
 def training_dataset(images, labels, batch_size: int, seed: int, epochs: range, read_batch,
-                     augmentation=None):
+                     augmentation=None, weighting=None):
     """The training pipeline, the one place it is built: for each epoch in `epochs`, a shuffle
     drawn from (seed, epoch) alone, so that a resumed run sees exactly the batches an
-    uninterrupted run would, then batches read from the arrays and prefetched."""
+    uninterrupted run would, then batches read from the arrays and prefetched. `weighting`
+    (optimization.sample_weighting) adds each image's class weight."""
     tf = import_tensorflow()
     count = len(labels)
 
@@ -130,6 +132,8 @@ def training_dataset(images, labels, batch_size: int, seed: int, epochs: range, 
     dataset = indices.map(read_batch, num_parallel_calls=tf.data.AUTOTUNE)
     if augmentation is not None:  # online augmentation, seeded by the run's global batch number
         dataset = augmentation(dataset, first_step=epochs.start * math.ceil(count / batch_size))
+    if weighting is not None:
+        dataset = dataset.map(weighting, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
@@ -143,16 +147,19 @@ def evaluation_dataset(labels, batch_size: int, read_batch):
 
 
 # --- model, phases, callbacks -------------------------------------------------------------------
-def compile_for_phase(model, params: Params, phase: int, steps_per_epoch: int, loss: LossChoice) -> None:
+def compile_for_phase(model, params: Params, phase: int, steps_per_epoch: int, loss: LossChoice,
+                      rate: float | None = None) -> None:
     """Which layers learn and at what rate: the whole model with the schedule, except that a
-    transfer base is frozen while its head trains first, then fine-tuned at a constant rate."""
+    transfer base is frozen while its head trains first, then fine-tuned at a constant rate.
+    `rate` replaces the schedule by a constant (a variable the caller may set: lr-find)."""
     train = params.train
     if params.model.architecture == "transfer":
         from stages.transfer import find_base, set_base_trainable_layers
 
         frozen_first = phase == TRAINING and train.fine_tune_epochs > 0
         set_base_trainable_layers(find_base(model), 0 if frozen_first else params.model.base_trainable_layers)
-    rate = make_schedule(train, steps_per_epoch) if phase == TRAINING else train.fine_tune_learning_rate
+    if rate is None:
+        rate = make_schedule(train, steps_per_epoch) if phase == TRAINING else train.fine_tune_learning_rate
     model.compile(optimizer=make_optimizer(train, rate), loss=make_loss(loss, train),
                   metrics=[make_accuracy(loss)])
     model.optimizer.build(model.trainable_variables)  # so that a checkpoint can restore its state
@@ -240,6 +247,11 @@ def train_with(params: Params, prepared_dir: str | Path, augmented_dir: str | Pa
     val_x, val_y = read_split(prepared_dir, "val", meta)
     num_classes, batch_size = meta["num_classes"], params.train.batch_size
     loss = choose_loss(params.train, num_classes)
+    if policy.get("mixes_labels") and loss.label_format == "binary":
+        key = "mixup_alpha" if params.augment.mixup_alpha else "cutmix_alpha"
+        raise bad_value(f"augment.{key}", "0 for a two-class dataset (the accuracy of its one sigmoid "
+                        "output needs 0/1 labels, not MixUp/CutMix's mixed ones)", getattr(params.augment, key))
+    weights = class_weights(params.train, train_y, meta["class_names"])
     precision = resolve_precision(params.train.precision)
     strategy = strategy or distribution_strategy()
     settings = {"seed": params.seed, "model": dataclasses.asdict(params.model), "meta": meta,
@@ -263,25 +275,29 @@ def train_with(params: Params, prepared_dir: str | Path, augmented_dir: str | Pa
         validation = evaluation_dataset(val_y, batch_size, batch_reader(val_x, val_y, loss, num_classes))
         live, live_callback = start_live(folder / LIVE_SCRATCH, state.history)
         augmentation = online_augmentation(augmented_dir)
+        weighting = None if weights is None else sample_weighting(weights, loss)
         run_phases(model, params, state, folder, steps_per_epoch, loss, [live_callback, *callbacks],
                    lambda epochs: training_dataset(train_x, train_y, batch_size, params.seed, epochs,
-                                                   read_train, augmentation),
+                                                   read_train, augmentation, weighting),
                    validation)
         live.end()
 
-        restore_variables(model, folder / state.best_model, state.phase)  # the best epoch, published
+        # The best epoch as validation measured it (EMA: the averaged weights) is the model.
+        restore_variables(model, folder / state.best_model, state.phase, validated=True)
         save_keras_model(model, model_path)
     with atomic_dir(live_dir) as temp_live:
         shutil.copytree(folder / LIVE_SCRATCH, temp_live, dirs_exist_ok=True)
-    summary = training_summary(params, model, state, len(train_y), precision)
+    summary = training_summary(params, model, state, train_y, meta["class_names"], weights, precision)
     write_json(summary_path, summary)
     # How this run went (not results, so not in summary.json): for the command's own output.
     return {**summary, "training_seconds": state.seconds, "resumed_from_epoch": resumed_from}
 
 
-def training_summary(params: Params, model, state: TrainingState, train_images: int, precision: str) -> dict:
+def training_summary(params: Params, model, state: TrainingState, train_y: np.ndarray, class_names: list[str],
+                     weights: np.ndarray | None, precision: str) -> dict:
     """What models/summary.json records (the report reads it, `layers` included). Nothing that
     depends on the machine or the clock: identical runs give identical files (and dvc.lock)."""
+    counts = np.bincount(np.asarray(train_y), minlength=len(class_names))
     return {
         "architecture": params.model.architecture,
         **parameter_totals(model),
@@ -289,7 +305,10 @@ def training_summary(params: Params, model, state: TrainingState, train_images: 
         "best_epoch": state.best_epoch,
         "monitor": params.train.monitor,
         "best_value": state.best_value,
-        "train_images": int(train_images),
+        "train_images": int(len(train_y)),
+        "class_counts": dict(zip(class_names, counts.tolist(), strict=True)),
+        "class_weights": (None if weights is None
+                          else dict(zip(class_names, map(rounded, weights.tolist()), strict=True))),
         "precision": precision,
         "layers": layer_table(model),
         "params": {
@@ -312,8 +331,9 @@ def run_phases(model, params: Params, state: TrainingState, folder: Path, steps_
             last_epoch = train.epochs if state.phase == TRAINING else state.phase_start + train.fine_tune_epochs
             plateau = plateau_callback(train, state.plateau) if state.phase == TRAINING else None
             checkpointer = make_checkpointer(folder, state, train.monitor, train.min_delta, train.patience,
-                                             last_epoch, plateau)
-            callbacks = [learning_rate_logger(), *([plateau] if plateau else []), checkpointer, *last_callbacks]
+                                             last_epoch, plateau, ema=train.ema is not None)
+            callbacks = [learning_rate_logger(), *([plateau] if plateau else []), *ema_callbacks(train),
+                         checkpointer, *last_callbacks]
             model.fit(
                 make_training_set(range(state.epochs_done, last_epoch)), validation_data=validation,
                 initial_epoch=state.epochs_done, epochs=last_epoch, steps_per_epoch=steps_per_epoch,
@@ -323,7 +343,7 @@ def run_phases(model, params: Params, state: TrainingState, folder: Path, steps_
         if state.phase == last_phase:
             return
         # Fine-tune from the best head, with fresh counters (committed with its first epoch).
-        restore_variables(model, folder / state.best_model)
+        restore_variables(model, folder / state.best_model, validated=True)
         state.phase, state.phase_start, state.phase_finished = FINE_TUNING, state.epochs_done, False
         state.wait, state.plateau = 0, None
         compile_for_phase(model, params, FINE_TUNING, steps_per_epoch, loss)

@@ -37,6 +37,15 @@ import keras  # noqa: E402  (after TensorFlow, which import_tensorflow sets up q
 ERASING_AREA = (0.02, 0.4)
 ERASING_ASPECT = 0.3
 NUM_SEEDS = 5  # one independent stream per transform family
+# RandAugment (Cubuk et al., 2020): each image gets `randaugment_ops` transforms drawn from
+# RANDAUGMENT_OPS, all at one strength, magnitude / RANDAUGMENT_MAX_MAGNITUDE. The strongest
+# setting of each (magnitude 30), close to timm's and torchvision's ranges:
+RANDAUGMENT_OPS = ("identity", "rotate", "shear", "translate_x", "translate_y", "brightness",
+                   "contrast", "solarize", "posterize", "autocontrast")
+RANDAUGMENT_MAX_MAGNITUDE = 30
+RANDAUGMENT_STRONGEST = {"rotate": 30.0, "shear": 30.0, "translate": 0.45, "brightness": 0.9,
+                         "contrast": 0.9, "posterize_bits": 4}
+MIX_STREAM = 7  # folded into the batch seed for MixUp / CutMix, a stream apart from the above
 
 
 def _uniform(shape, seed, low, high):
@@ -156,9 +165,144 @@ def apply_erasing(images, erasing: Mapping[str, Any], low):
     return tf.where(inside, tf.broadcast_to(low, tf.shape(images)), images)
 
 
+# --- RandAugment -------------------------------------------------------------------------------------
+def sample_randaugment(transforms: Mapping[str, Any], batch_size, seed) -> list[dict]:
+    """For each of the `randaugment_ops` rounds: which op each image gets, and its sign."""
+    rounds = []
+    for round_seed in tf.unstack(tf.random.split(seed, transforms["randaugment_ops"])):
+        seeds = tf.random.split(round_seed, 2)
+        op = tf.random.stateless_uniform((batch_size,), seeds[0], minval=0, maxval=len(RANDAUGMENT_OPS),
+                                         dtype=tf.int32)
+        sign = tf.where(_uniform((batch_size,), seeds[1], 0.0, 1.0) < 0.5, -1.0, 1.0)
+        rounds.append({"op": op, "sign": sign})
+    return rounds
+
+
+def apply_randaugment_round(images, chosen: Mapping[str, Any], strength: float, fill_mode: str, low, high):
+    """One round: every image through its own op (geometric ops as one warp, the rest selected)."""
+    height, width = images.shape[1], images.shape[2]
+    op, sign = chosen["op"], chosen["sign"]
+
+    def signed(name, amount):
+        return tf.where(op == RANDAUGMENT_OPS.index(name), sign * amount, 0.0)
+
+    geometry = {
+        "angle": signed("rotate", math.radians(RANDAUGMENT_STRONGEST["rotate"] * strength)),
+        "shear": signed("shear", math.radians(RANDAUGMENT_STRONGEST["shear"] * strength)),
+        "scale": tf.ones_like(sign),
+        "shift_x": signed("translate_x", RANDAUGMENT_STRONGEST["translate"] * strength * width),
+        "shift_y": signed("translate_y", RANDAUGMENT_STRONGEST["translate"] * strength * height),
+    }
+    images = apply_geometry(images, geometry, fill_mode, low)
+    unit = (images - low) / (high - low)  # [0, 1] per channel: the ops below are defined there
+    factor = 1.0 + sign[:, None, None, None] * RANDAUGMENT_STRONGEST["brightness"] * strength
+    means = tf.reduce_mean(unit, axis=[1, 2, 3], keepdims=True)
+    contrast = 1.0 + sign[:, None, None, None] * RANDAUGMENT_STRONGEST["contrast"] * strength
+    levels = 2.0 ** (8 - round(RANDAUGMENT_STRONGEST["posterize_bits"] * strength))
+    smallest = tf.reduce_min(unit, axis=[1, 2], keepdims=True)
+    spread = tf.reduce_max(unit, axis=[1, 2], keepdims=True) - smallest
+    candidates = {
+        "brightness": unit * factor,
+        "contrast": (unit - means) * contrast + means,
+        "solarize": tf.where(unit > 1.0 - strength, 1.0 - unit, unit),
+        "posterize": tf.floor(unit * (levels - 1) + 0.5) / (levels - 1),
+        "autocontrast": tf.where(spread > 0, (unit - smallest) / tf.maximum(spread, 1e-12), unit),
+    }
+    for name, changed in candidates.items():
+        unit = tf.where((op == RANDAUGMENT_OPS.index(name))[:, None, None, None], changed, unit)
+    return tf.clip_by_value(unit, 0.0, 1.0) * (high - low) + low
+
+
+def apply_randaugment(images, rounds: list[dict], transforms: Mapping[str, Any], low, high):
+    strength = transforms["randaugment_magnitude"] / RANDAUGMENT_MAX_MAGNITUDE
+    for chosen in rounds:
+        images = apply_randaugment_round(images, chosen, strength, transforms["fill_mode"], low, high)
+    return images
+
+
+# --- MixUp and CutMix (they mix the labels too) ----------------------------------------------------
+def _beta(shape, seed, alpha: float):
+    """Beta(alpha, alpha) as X / (X + Y) of two stateless gamma draws."""
+    seeds = tf.random.split(seed, 2)
+    first = tf.random.stateless_gamma(shape, seeds[0], alpha=max(alpha, 1e-3))
+    second = tf.random.stateless_gamma(shape, seeds[1], alpha=max(alpha, 1e-3))
+    return first / tf.maximum(first + second, 1e-12)
+
+
+def partners(batch_size, seed):
+    """Each image's partner: the next one in a random order of the batch (never itself when
+    the batch has two images or more)."""
+    order = tf.argsort(_uniform((batch_size,), seed, 0.0, 1.0))
+    return tf.gather(tf.roll(order, shift=-1, axis=0), tf.argsort(order))
+
+
+def sample_mixing(transforms: Mapping[str, Any], batch_size, height: int, width: int, seed) -> dict:
+    """Per image: its partner in the batch (a random permutation), whether it is mixed and
+    how (CutMix or MixUp, each with probability 0.5 when both are on), the MixUp weight, and
+    the CutMix box (rows [top, bottom), columns [left, right)) of area about 1 - lambda."""
+    seeds = tf.random.split(seed, 7)
+    shape = (batch_size,)
+    mixup, cutmix = transforms["mixup_alpha"], transforms["cutmix_alpha"]
+    cut_share = 0.5 if mixup and cutmix else (1.0 if cutmix else 0.0)
+    cut_lambda = _beta(shape, seeds[3], cutmix)
+    rows = tf.round(height * tf.sqrt(1.0 - cut_lambda))
+    columns = tf.round(width * tf.sqrt(1.0 - cut_lambda))
+    center_y = tf.floor(_uniform(shape, seeds[4], 0.0, 1.0) * height)
+    center_x = tf.floor(_uniform(shape, seeds[5], 0.0, 1.0) * width)
+    top = tf.clip_by_value(center_y - tf.floor(rows / 2), 0.0, float(height))
+    left = tf.clip_by_value(center_x - tf.floor(columns / 2), 0.0, float(width))
+    return {
+        "partner": partners(batch_size, seeds[0]),
+        "mixed": _uniform(shape, seeds[1], 0.0, 1.0) < transforms["mix_probability"],
+        "cutmix": _uniform(shape, seeds[2], 0.0, 1.0) < cut_share,
+        "mixup_lambda": _beta(shape, seeds[6], mixup),
+        "top": top, "bottom": tf.clip_by_value(top + rows, 0.0, float(height)),
+        "left": left, "right": tf.clip_by_value(left + columns, 0.0, float(width)),
+    }
+
+
+def apply_mixing(images, labels, mixing: Mapping[str, Any]):
+    """(images, labels) mixed with their partners; each label is lambda x own + (1 - lambda) x
+    partner's, lambda being the share of the image that is its own (CutMix: outside the box)."""
+    height, width = images.shape[1], images.shape[2]
+    partner_images = tf.gather(images, mixing["partner"])
+    partner_labels = tf.gather(labels, mixing["partner"])
+    row = tf.range(height, dtype=tf.float32)[None, :, None]
+    column = tf.range(width, dtype=tf.float32)[None, None, :]
+
+    def expand(name):
+        return mixing[name][:, None, None]
+
+    in_box = ((row >= expand("top")) & (row < expand("bottom"))
+              & (column >= expand("left")) & (column < expand("right")))
+    box_lambda = 1.0 - tf.reduce_mean(tf.cast(in_box, tf.float32), axis=[1, 2])
+    mixed, cutmix = mixing["mixed"], mixing["cutmix"]
+    weight = tf.where(mixed, tf.where(cutmix, box_lambda, mixing["mixup_lambda"]), 1.0)
+    blended = weight[:, None, None, None] * images + (1.0 - weight[:, None, None, None]) * partner_images
+    pasted = tf.where(in_box[..., None], partner_images, images)
+    images = tf.where((mixed & cutmix)[:, None, None, None], pasted, blended)
+    labels = tf.cast(labels, tf.float32)
+    label_weight = tf.reshape(weight, [-1] + [1] * (len(labels.shape) - 1))
+    return images, label_weight * labels + (1.0 - label_weight) * tf.cast(partner_labels, tf.float32)
+
+
+def build_mixer(transforms: Mapping[str, Any]) -> Callable:
+    """`mix(images, labels, seed) -> (images, labels)` for one batch (labels one-hot or a
+    binary column, as floats): MixUp and CutMix. Same seed, same mix."""
+
+    def mix(images, labels, seed):
+        images = tf.convert_to_tensor(images, tf.float32)
+        mix_seed = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), MIX_STREAM)
+        mixing = sample_mixing(transforms, tf.shape(images)[0], images.shape[1], images.shape[2], mix_seed)
+        return apply_mixing(images, labels, mixing)
+
+    return mix
+
+
 # --- the whole policy --------------------------------------------------------------------------------
 def build_augmenter(transforms: Mapping[str, Any], low, high) -> Callable:
     """`augment(images, seed) -> images` for one batch: the same seed gives the same output.
+    Per-image transforms only; MixUp and CutMix, which mix labels too, are `build_mixer`'s.
 
     `seed` is a shape-(2,) integer tensor. Transforms set to 0/false are left out of the
     graph, so a policy of rotation only costs one warp.
@@ -180,6 +324,9 @@ def build_augmenter(transforms: Mapping[str, Any], low, high) -> Callable:
             images = apply_flips(images, sample_flips(transforms, batch_size, seeds[1]))
         if intensity:
             images = apply_intensity(images, sample_intensity(transforms, batch_size, seeds[2]), low, high)
+        if transforms["randaugment_ops"]:
+            rounds = sample_randaugment(transforms, batch_size, seeds[4])
+            images = apply_randaugment(images, rounds, transforms, low, high)
         if transforms["erasing"]:
             erasing = sample_erasing(transforms["erasing"], batch_size, height, width, seeds[3])
             images = apply_erasing(images, erasing, low)

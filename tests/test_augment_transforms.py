@@ -14,7 +14,8 @@ transforms = pytest.importorskip("stages.transforms")
 
 NO_TRANSFORM = {"rotation": 0.0, "width_shift": 0.0, "height_shift": 0.0, "zoom": 0.0, "shear": 0.0,
                 "horizontal_flip": False, "vertical_flip": False, "brightness": 0.0, "contrast": 0.0,
-                "erasing": 0.0, "fill_mode": "constant"}
+                "erasing": 0.0, "fill_mode": "constant", "randaugment_ops": 0, "randaugment_magnitude": 9,
+                "mixup_alpha": 0.0, "cutmix_alpha": 0.0, "mix_probability": 1.0}
 SEED = np.array([3, 4], dtype=np.int64)
 
 
@@ -148,7 +149,7 @@ def test_sampled_erasing_rectangles_cover_2_to_40_percent_inside_the_image():
 
 ONE_AT_A_TIME = [("rotation", 30.0), ("width_shift", 0.3), ("height_shift", 0.3), ("zoom", 0.3),
                  ("shear", 30.0), ("horizontal_flip", True), ("vertical_flip", True), ("brightness", 0.3),
-                 ("contrast", 0.5), ("erasing", 1.0)]
+                 ("contrast", 0.5), ("erasing", 1.0), ("randaugment_ops", 2)]
 
 
 @pytest.mark.parametrize(("key", "value"), ONE_AT_A_TIME)
@@ -177,7 +178,8 @@ def test_same_seed_same_images_different_seed_different_images():
 def test_standardized_value_range_is_kept():
     low, high = [-0.4, -2.0, -1.0], [1.6, 2.0, 3.0]
     images = np.random.default_rng(1).uniform(low, high, (16, 8, 8, 3)).astype(np.float32)
-    policy = {**NO_TRANSFORM, "rotation": 45.0, "brightness": 0.5, "contrast": 0.9, "erasing": 1.0}
+    policy = {**NO_TRANSFORM, "rotation": 45.0, "brightness": 0.5, "contrast": 0.9, "erasing": 1.0,
+              "randaugment_ops": 3, "randaugment_magnitude": 20}
     out = transforms.build_augmenter(policy, low, high)(images, SEED).numpy()
     assert np.all(out >= np.array(low, np.float32)) and np.all(out <= np.array(high, np.float32))
     assert np.any(np.isclose(out, np.array(low, np.float32)).all(axis=-1))  # erased and filled pixels are black

@@ -45,7 +45,7 @@ def test_shell_completion_completes_commands_and_options():
 def panel(help_text: str, title: str) -> list[str]:
     """The command names listed in the help panel titled `title`."""
     body = help_text.split(f"─ {title} ─", 1)[1].split("╰", 1)[0]
-    return re.findall(r"^│ (\w+)", body, flags=re.M)
+    return re.findall(r"^│ ([\w-]+)", body, flags=re.M)
 
 
 def test_help_groups_the_pipeline_stages_first_then_the_tools():

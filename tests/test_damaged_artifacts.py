@@ -133,7 +133,8 @@ def test_damaged_arrays_are_named_by_the_stage_that_reads_them(prepared_digits, 
     ({"mode": "offline", "materialized": False}, "'materialized' must be true in offline mode and false otherwise"),
     ({"mode": "online", "materialized": False, "seed": 1, "transforms": {"rotation": "lots"}},
      "'transforms' must give exactly rotation, width_shift, height_shift, zoom, shear, horizontal_flip, "
-     "vertical_flip, brightness, contrast, erasing, fill_mode"),
+     "vertical_flip, brightness, contrast, erasing, fill_mode, randaugment_ops, randaugment_magnitude, "
+     "mixup_alpha, cutmix_alpha, mix_probability"),
 ])
 def test_a_damaged_augmentation_policy_is_named(prepared_digits, tmp_path, policy, problem):
     project = copy_project(prepared_digits, tmp_path)
