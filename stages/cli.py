@@ -94,7 +94,7 @@ def check(params: str = ParamsOption) -> None:
 def prepare(params: str = ParamsOption, output: Path = PreparedOption) -> None:
     """Load the dataset, split train/val/test, normalize, write arrays and meta.json."""
     from stages.prepare import prepare as run
-    from stages.prepare import skipped_warnings
+    from stages.prepare import health_summary, skipped_warnings
 
     config = load_params(params)
     meta = run(config.prepare, config.seed, output)
@@ -103,6 +103,7 @@ def prepare(params: str = ParamsOption, output: Path = PreparedOption) -> None:
     sizes = " / ".join(f"{count} {split}" for split, count in meta["splits"].items())
     shape = "x".join(map(str, meta["image_shape"]))
     typer.echo(f"prepared {meta['dataset']} ({meta['found_at']}): {shape} images, {sizes} -> {output}")
+    typer.echo(health_summary(meta))
 
 
 @tool()
