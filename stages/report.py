@@ -138,7 +138,7 @@ def health_section(meta: dict, duplicates_link: str | None) -> str | None:
     parts = [
         verdict,
         markdown_table(counts),
-        f"Near duplicates: perceptual hashes ({record['perceptual_hash']}) at most "
+        f"Near duplicates: 64-bit perceptual hashes (imagehash's pHash) at most "
         f"{record['near_distance']} bits apart and pixels differing by at most "
         f"{record['near_difference']:.1%} on average. Duplicate pairs with different labels: "
         f"{conflicts['exact']} exact, {conflicts['near']} near.",
