@@ -246,7 +246,7 @@ def predict(paths: list[Path] = typer.Argument(..., help="Image files and folder
 
 @tool()
 def export(model: Path = ModelOption, meta: Path = MetaOption,
-           format: str = typer.Option("saved_model", "--format", help="saved_model, onnx or tflite."),
+           export_format: str = typer.Option("saved_model", "--format", help="saved_model, onnx or tflite."),
            int8: bool = typer.Option(False, "--int8", help="tflite: 8-bit post-training quantization "
                                                            "calibrated on training images."),
            output: Path | None = typer.Option(None, help="Where to write (default: models/model.export, "
@@ -261,7 +261,7 @@ def export(model: Path = ModelOption, meta: Path = MetaOption,
     against model.keras on the test images."""
     from stages.export import ExportOptions, export as run
 
-    options = ExportOptions(format, int8, atol, min_agreement)
+    options = ExportOptions(export_format, int8, atol, min_agreement)
     options.check()
     output = output or Path(options.default_output)
     record = run(model, meta, output, options)

@@ -33,7 +33,7 @@ from stages.errors import CnnlabError
 from stages.images import normalize
 from stages.io import atomic_dir, atomic_path, write_json
 from stages.predict import ImageSettings
-from stages.runtime import import_tensorflow
+from stages.runtime import import_tensorflow, native_stderr_silenced
 
 SIGNATURE = "serving_default"
 INPUT_NAME = "images"
@@ -183,12 +183,13 @@ def convert_tflite(model, settings: ImageSettings, calibration: np.ndarray | Non
 
 def run_tflite(content: bytes, pixels: np.ndarray) -> np.ndarray:
     interpreter_module = import_tool("ai_edge_litert.interpreter", "checking a TFLite export")
-    interpreter = interpreter_module.Interpreter(model_content=content)
-    given = interpreter.get_input_details()[0]
-    interpreter.resize_tensor_input(given["index"], pixels.shape)
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(given["index"], pixels)
-    interpreter.invoke()
+    with native_stderr_silenced():  # LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate"
+        interpreter = interpreter_module.Interpreter(model_content=content)
+        given = interpreter.get_input_details()[0]
+        interpreter.resize_tensor_input(given["index"], pixels.shape)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(given["index"], pixels)
+        interpreter.invoke()
     return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
 
 
