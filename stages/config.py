@@ -318,10 +318,11 @@ class PrepareParams:
         "copy earlier in train -> val -> test (within-split copies, and val/test images leaked from an "
         "earlier split); near: also drop val/test images with a near duplicate in an earlier split",
     )
-    near_distance: int = param(
-        0, Interval(int, 0, 4),
+    near_distance: int | None = param(
+        0, Nullable(Interval(int, 0, 4)),
         "near duplicates: perceptual hashes (imagehash pHash, 64 bits) differing in at most this many "
-        "bits; 0 = identical hashes (fast); each step up finds more pairs and costs more time",
+        "bits; 0 = identical hashes (fast); each step up finds more pairs and costs more time; "
+        "null = exact duplicates only (skips the perceptual hash, the larger part of the time)",
     )
     near_difference: float = param(
         0.025, Interval(float, 0.0, 1.0),

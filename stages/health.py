@@ -147,9 +147,11 @@ class Duplicates:
         return np.unique(np.concatenate(later))
 
 
-def hash_images(images: np.ndarray, max_value: float) -> np.ndarray:
-    """(N, 3) uint64: the two words of each image's content digest, then its perceptual hash."""
-    return np.column_stack([content_digests(images), perceptual_hashes(images, max_value)])
+def hash_images(images: np.ndarray, max_value: float, perceptual: bool = True) -> np.ndarray:
+    """(N, 3) uint64: the two words of each image's content digest, then its perceptual hash
+    (0 when `perceptual` is off: the near duplicate search is skipped)."""
+    phashes = perceptual_hashes(images, max_value) if perceptual else np.zeros(len(images), np.uint64)
+    return np.column_stack([content_digests(images), phashes])
 
 
 def mean_differences(pairs: np.ndarray, images: Callable[[np.ndarray], np.ndarray],
@@ -163,14 +165,17 @@ def mean_differences(pairs: np.ndarray, images: Callable[[np.ndarray], np.ndarra
     return differences / max_value
 
 
-def find_duplicates(hashes: np.ndarray, split_of: np.ndarray, labels: np.ndarray, near_distance: int,
+def find_duplicates(hashes: np.ndarray, split_of: np.ndarray, labels: np.ndarray, near_distance: int | None,
                     near_difference: float, images: Callable[[np.ndarray], np.ndarray],
                     max_value: float) -> Duplicates:
     """The duplicate pairs among images hashed by `hash_images`, the splits concatenated in order;
-    `images(positions)` gives the raw images at those positions, to confirm near pairs."""
+    `images(positions)` gives the raw images at those positions, to confirm near pairs; no near
+    duplicates are searched when `near_distance` is None."""
     _, groups = np.unique(hashes[:, :2], axis=0, return_inverse=True)
     groups = groups.reshape(-1)
     exact = unique_pairs(same_key_pairs(groups), len(groups))
+    if near_distance is None:
+        return Duplicates(split_of, np.asarray(labels), exact, np.zeros((0, 2), np.int64), np.zeros(0, np.int64))
     near, distances = near_pairs(np.ascontiguousarray(hashes[:, 2]), near_distance)
     candidates = groups[near[:, 0]] != groups[near[:, 1]]
     near, distances = near[candidates], distances[candidates]
@@ -190,7 +195,7 @@ def example_pairs(duplicates: Duplicates, count: int = EXAMPLE_PAIRS) -> list[tu
     return (across + within)[:count]
 
 
-def health_record(duplicates: Duplicates, near_distance: int, near_difference: float, mode: str,
+def health_record(duplicates: Duplicates, near_distance: int | None, near_difference: float, mode: str,
                   dropped: dict[str, int]) -> dict:
     """meta.json's `health`: the counts (images with an earlier duplicate, see the module doc)."""
     return {

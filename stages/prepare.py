@@ -68,9 +68,10 @@ def split_dataset(raw: RawDataset, params: PrepareParams, seed: int) -> dict[str
     }
 
 
-def hash_split(split: Split, max_value: float, name: str) -> np.ndarray:
+def hash_split(split: Split, max_value: float, name: str, perceptual: bool) -> np.ndarray:
     """health.hash_images over the split, chunk by chunk."""
-    parts = [health.hash_images(images, max_value) for _, images in split.chunks(f"hashing {name} images")]
+    parts = [health.hash_images(images, max_value, perceptual)
+             for _, images in split.chunks(f"hashing {name} images")]
     return np.concatenate(parts) if parts else np.zeros((0, 3), dtype=np.uint64)
 
 
@@ -109,7 +110,8 @@ def check_health(splits: dict[str, Split], raw: RawDataset, params: PrepareParam
                  folder: Path) -> tuple[dict[str, Split], dict]:
     """Find duplicates within and across the splits, drop those `prepare.deduplicate` names,
     draw examples; return the kept splits and meta.json's `health` record."""
-    hashes = np.concatenate([hash_split(splits[name], raw.max_value, name) for name in SPLITS])
+    perceptual = params.near_distance is not None
+    hashes = np.concatenate([hash_split(splits[name], raw.max_value, name, perceptual) for name in SPLITS])
     sizes = [len(splits[name].indices) for name in SPLITS]
     split_of = np.repeat(np.arange(len(SPLITS)), sizes)
     labels = np.concatenate([splits[name].labels for name in SPLITS])

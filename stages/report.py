@@ -138,10 +138,10 @@ def health_section(meta: dict, duplicates_link: str | None) -> str | None:
     parts = [
         verdict,
         markdown_table(counts),
-        f"Near duplicates: 64-bit perceptual hashes (imagehash's pHash) at most "
-        f"{record['near_distance']} bits apart and pixels differing by at most "
-        f"{record['near_difference']:.1%} on average. Duplicate pairs with different labels: "
-        f"{conflicts['exact']} exact, {conflicts['near']} near.",
+        ("Near duplicates: not searched (`prepare.near_distance: null`)." if record["near_distance"] is None else
+         f"Near duplicates: 64-bit perceptual hashes (imagehash's pHash) at most {record['near_distance']} bits "
+         f"apart and pixels differing by at most {record['near_difference']:.1%} on average.")
+        + f" Duplicate pairs with different labels: {conflicts['exact']} exact, {conflicts['near']} near.",
         collapsed("Images per class", markdown_table(per_class)),
     ]
     if duplicates_link:

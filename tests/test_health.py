@@ -101,7 +101,7 @@ def planted(tmp_path_factory) -> Path:
 
 
 def prepare_planted(folder: Path, output: Path, **options) -> dict:
-    params = PrepareParams(dataset="mnist", data_dir=str(folder), val_split=10, near_distance=2, **options)
+    params = PrepareParams(dataset="mnist", data_dir=str(folder), val_split=10, **{"near_distance": 2, **options})
     return prepare(params, 0, output)
 
 
@@ -147,6 +147,13 @@ def test_deduplicate_removes_what_it_says_and_meta_counts_agree(prepared, mode, 
     # What is left: no image equals another one any more.
     images = np.concatenate([np.load(folder / f"{split}_x.npy") for split in ("train", "val", "test")])
     assert len({image.tobytes() for image in images}) == len(images)
+
+
+def test_near_distance_null_finds_exact_copies_only(planted: Path, tmp_path: Path):
+    meta = prepare_planted(planted, tmp_path / "prepared", near_distance=None, deduplicate="near")
+    assert total(meta["health"]["exact"], True) + total(meta["health"]["exact"], False) == 2
+    assert set(meta["health"]["near"].values()) == {0} and meta["health"]["near_distance"] is None
+    assert sum(meta["health"]["removed"].values()) == 2
 
 
 def test_a_folder_without_duplicates_draws_no_duplicates_figure(tmp_path: Path):
