@@ -106,37 +106,45 @@ def draw_duplicates(splits: dict[str, Split], pairs: list, raw: RawDataset, path
     return examples
 
 
+def gather(splits: dict[str, Split]):
+    """A function giving the raw images at positions over the concatenated splits."""
+    sources = [splits[name] for name in SPLITS]
+    split_of = np.repeat(np.arange(len(SPLITS)), [len(split.indices) for split in sources])
+    rows = np.concatenate([split.indices for split in sources])
+
+    def images(positions: np.ndarray) -> np.ndarray:
+        return np.stack([sources[split_of[position]].images[rows[position]] for position in positions])
+
+    return images
+
+
+def drop_rows(splits: dict[str, Split], drop: np.ndarray) -> tuple[dict[str, Split], dict[str, int]]:
+    """The splits without the positions `drop` names (over the concatenated splits), and how many
+    each lost."""
+    kept, removed, start = {}, {}, 0
+    for name in SPLITS:
+        split = splits[name]
+        keep = ~np.isin(np.arange(start, start + len(split.indices)), drop)
+        kept[name] = Split(split.images, split.indices[keep], split.labels[keep])
+        removed[name] = int(len(keep) - keep.sum())
+        start += len(keep)
+    return kept, removed
+
+
 def check_health(splits: dict[str, Split], raw: RawDataset, params: PrepareParams,
                  folder: Path) -> tuple[dict[str, Split], dict]:
     """Find duplicates within and across the splits, drop those `prepare.deduplicate` names,
     draw examples; return the kept splits and meta.json's `health` record."""
     perceptual = params.near_distance is not None
     hashes = np.concatenate([hash_split(splits[name], raw.max_value, name, perceptual) for name in SPLITS])
-    sizes = [len(splits[name].indices) for name in SPLITS]
-    split_of = np.repeat(np.arange(len(SPLITS)), sizes)
+    split_of = np.repeat(np.arange(len(SPLITS)), [len(splits[name].indices) for name in SPLITS])
     labels = np.concatenate([splits[name].labels for name in SPLITS])
-    sources = [splits[name] for name in SPLITS]
-    rows = np.concatenate([split.indices for split in sources])
-
-    def images(positions: np.ndarray) -> np.ndarray:
-        gathered = [sources[split_of[position]].images[rows[position]] for position in positions]
-        return np.stack(gathered) if gathered else np.zeros((0, *raw.train_images.shape[1:]))
-
     duplicates = health.find_duplicates(hashes, split_of, labels, params.near_distance, params.near_difference,
-                                        images, raw.max_value)
-    drop = np.zeros(len(labels), dtype=bool)
-    drop[duplicates.dropped(params.deduplicate)] = True
-    examples = draw_duplicates(splits, health.example_pairs(duplicates), raw, folder / "duplicates.png")
-    kept, removed, start = {}, {}, 0
-    for name, size in zip(SPLITS, sizes):
-        keep = ~drop[start:start + size]
-        split = splits[name]
-        kept[name] = Split(split.images, split.indices[keep], split.labels[keep])
-        removed[name] = int(size - keep.sum())
-        start += size
+                                        gather(splits), raw.max_value)
+    kept, removed = drop_rows(splits, duplicates.dropped(params.deduplicate))
     record = health.health_record(duplicates, params.near_distance, params.near_difference,
-                                   params.deduplicate, removed)
-    record["examples"] = examples
+                                  params.deduplicate, removed)
+    record["examples"] = draw_duplicates(splits, health.example_pairs(duplicates), raw, folder / "duplicates.png")
     record["images_per_class"] = {
         name: dict(zip(raw.class_names, np.bincount(kept[name].labels, minlength=len(raw.class_names)).tolist()))
         for name in SPLITS}
