@@ -37,7 +37,7 @@ test-fast: install
 lock:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet --disable-pip-version-check "uv>=0.5"
-	$(BIN)/uv pip compile pyproject.toml --extra test --extra ray --universal --python-version 3.11 \
+	$(BIN)/uv pip compile pyproject.toml --extra test --extra ray --extra export --universal --python-version 3.11 \
 	    --no-python-downloads --custom-compile-command "make lock" --quiet $(LOCK_FLAGS) -o requirements.lock
 
 # Resolve the lock for each supported Python (3.11-3.13) on Linux and macOS, without their interpreters.

@@ -66,6 +66,27 @@ def normalization_problem(record: Any, channels: int) -> str | None:
     return None
 
 
+HEALTH_COUNTS = ("train", "val", "test", "train-val", "train-test", "val-test")
+
+
+def health_problem(record: Any, class_names: list[str]) -> str | None:
+    """Why `record` is not the `health` record prepare writes (stages/health.py), or None."""
+    if not isinstance(record, dict):
+        return "'health' must be an object"
+    for kind in ("exact", "near"):
+        counts = record.get(kind)
+        if not isinstance(counts, dict) or not all(_is_int(counts.get(key)) for key in HEALTH_COUNTS):
+            return f"'health.{kind}' must give a count for each of {', '.join(HEALTH_COUNTS)}"
+    removed, per_class = record.get("removed"), record.get("images_per_class")
+    if not isinstance(removed, dict) or not all(_is_int(removed.get(name)) for name in SPLITS):
+        return "'health.removed' must give the images removed from train, val and test"
+    if not isinstance(per_class, dict) or not all(
+            isinstance(per_class.get(name), dict) and all(_is_int(per_class[name].get(c)) for c in class_names)
+            for name in SPLITS):
+        return "'health.images_per_class' must count every class of train, val and test"
+    return None
+
+
 def meta_problem(meta: Any) -> str | None:
     """Why `meta` is not a meta.json that `prepare` wrote, or None."""
     if not isinstance(meta, dict):
@@ -86,6 +107,8 @@ def meta_problem(meta: Any) -> str | None:
         return f"'image_shape' must be [height, width, 1 or 3 channels], not {shape!r}"[:200]
     if not isinstance(splits, dict) or not all(_is_int(splits.get(name)) for name in SPLITS):
         return "'splits' must give the image count of train, val and test"
+    if "health" in meta and (problem := health_problem(meta["health"], names)):  # older meta.json: none
+        return problem
     return normalization_problem(meta["normalization"], shape[2])
 
 

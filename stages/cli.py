@@ -94,7 +94,7 @@ def check(params: str = ParamsOption) -> None:
 def prepare(params: str = ParamsOption, output: Path = PreparedOption) -> None:
     """Load the dataset, split train/val/test, normalize, write arrays and meta.json."""
     from stages.prepare import prepare as run
-    from stages.prepare import skipped_warnings
+    from stages.prepare import health_summary, skipped_warnings
 
     config = load_params(params)
     meta = run(config.prepare, config.seed, output)
@@ -103,6 +103,7 @@ def prepare(params: str = ParamsOption, output: Path = PreparedOption) -> None:
     sizes = " / ".join(f"{count} {split}" for split, count in meta["splits"].items())
     shape = "x".join(map(str, meta["image_shape"]))
     typer.echo(f"prepared {meta['dataset']} ({meta['found_at']}): {shape} images, {sizes} -> {output}")
+    typer.echo(health_summary(meta))
 
 
 @tool()
@@ -290,15 +291,31 @@ def predict(paths: list[Path] = typer.Argument(..., help="Image files and folder
 
 @tool()
 def export(model: Path = ModelOption, meta: Path = MetaOption,
-           output: Path = typer.Option(Path("models/model.export"), help="SavedModel folder to write."),
+           export_format: str = typer.Option("saved_model", "--format", help="saved_model, onnx or tflite."),
+           int8: bool = typer.Option(False, "--int8", help="tflite: 8-bit post-training quantization "
+                                                           "calibrated on training images."),
+           output: Path | None = typer.Option(None, help="Where to write (default: models/model.export, "
+                                                          "models/model.onnx, models/model[.int8].tflite)."),
+           atol: float = typer.Option(1e-5, min=0.0, help="Float exports: largest allowed difference from "
+                                                         "model.keras's probabilities on the test images."),
+           min_agreement: float = typer.Option(0.995, min=0.0, max=1.0,
+                                               help="int8 exports: smallest allowed share of test images "
+                                                    "classified as model.keras classifies them."),
            ) -> None:
-    """Write the model as a TensorFlow SavedModel that normalizes raw pixels itself."""
-    from stages.export import export as run
+    """Write the model as a SavedModel, ONNX or TFLite file that takes raw pixels, checked first
+    against model.keras on the test images."""
+    from stages.export import ExportOptions, export as run
 
-    record = run(model, meta, output)
-    typer.echo(f"SavedModel ({record['signature']}: raw pixels "
-               f"{'x'.join(map(str, record['input']['shape'][1:]))} -> "
-               f"{len(record['class_names'])} classes) -> {output}")
+    options = ExportOptions(export_format, int8, atol, min_agreement)
+    options.check()
+    output = output or Path(options.default_output)
+    record = run(model, meta, output, options)
+    check = record["check"]
+    typer.echo(f"{record['format']}{' int8' if int8 else ''} ({record['size_bytes']:,} bytes; raw pixels "
+               f"{'x'.join(map(str, record['input']['shape'][1:]))} -> {len(record['class_names'])} classes) "
+               f"-> {output}; check on {check['test_images']} test images: class agreement "
+               f"{check['class_agreement']:.4f}, max probability difference {check['max_probability_difference']:.2g}, "
+               f"accuracy {check['export_accuracy']:.4f} (model.keras {check['keras_accuracy']:.4f})")
 
 
 @tool()

@@ -270,6 +270,7 @@ AUTO = "auto"
 COLOR_MODES = ("rgb", "grayscale")    # stages.images.COLOR_MODES maps them to Pillow modes
 AUTO_MAX_SIDE = 256                   # prepare.image_size=auto never exceeds this per side
 NORMALIZATIONS = ("unit", "standardize")
+DEDUPLICATE_MODES = ("none", "exact", "near")
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "folder")
 ARCHITECTURES = ("linear", "mlp", "cnn", "transfer")
 ACTIVATIONS = ("relu", "elu", "selu", "leaky_relu", "gelu", "tanh", "sigmoid")
@@ -331,6 +332,23 @@ class PrepareParams:
         None, Nullable(Interval(int, 1)),
         "at most this many images per class from each source split, drawn with the seed "
         "(null = all); for quick runs",
+    )
+    deduplicate: str = param(
+        "none", OneOf(*DEDUPLICATE_MODES),
+        "none: only count duplicates (meta.json, report); exact: drop every image with an identical "
+        "copy earlier in train -> val -> test (within-split copies, and val/test images leaked from an "
+        "earlier split); near: also drop val/test images with a near duplicate in an earlier split",
+    )
+    near_distance: int | None = param(
+        0, Nullable(Interval(int, 0, 4)),
+        "near duplicates: perceptual hashes (imagehash pHash, 64 bits) differing in at most this many "
+        "bits; 0 = identical hashes (fast); each step up finds more pairs and costs more time; "
+        "null = exact duplicates only (skips the perceptual hash, the larger part of the time)",
+    )
+    near_difference: float = param(
+        0.025, Interval(float, 0.0, 1.0),
+        "near duplicates: and pixels differing by at most this much on average (fraction of the "
+        "full range; a JPEG re-encode differs by about 0.015, look-alike photos by more than 0.03)",
     )
 
     def check(self, source: str) -> None:

@@ -362,3 +362,25 @@ def lr_find_curve(rates: np.ndarray, losses: np.ndarray, smoothed: np.ndarray, r
     axis.set_title("Learning-rate range test")
     axis.legend(fontsize=8)
     save_figure(figure, path, dpi)
+
+
+def duplicate_pairs(first: np.ndarray, second: np.ndarray, titles: Sequence[tuple[str, str]], caption: Sequence[str],
+                    path: str | os.PathLike, dpi: int = 100, columns: int = 4) -> None:
+    """Duplicate pairs side by side (images scaled to [0, 1]), each image titled with its split
+    and label, each pair captioned with its kind (exact, or near and the hash distance)."""
+    rows = -(-len(first) // columns)
+    figure, axes = plt.subplots(rows, 2 * columns, figsize=(columns * 2.6, rows * 1.9), squeeze=False,
+                                layout="constrained")
+    for axis in axes.flat:
+        axis.axis("off")
+    for index in range(len(first)):
+        row, column = divmod(index, columns)
+        for side, images in enumerate((first, second)):
+            axis = axes[row, 2 * column + side]
+            axis.axis("on")
+            _show_image(axis, np.asarray(images[index], dtype=np.float32))
+            _frame(axis, "tab:red" if caption[index].startswith("exact") else "tab:orange")
+            axis.set_title(titles[index][side], fontsize=8)
+        axes[row, 2 * column].set_xlabel(caption[index], fontsize=8, loc="left")
+    figure.suptitle("Duplicate pairs (leakage across splits first)", fontsize=11)
+    save_figure(figure, path, dpi)

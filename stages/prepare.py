@@ -3,8 +3,10 @@
 Writes into one folder (replaced atomically):
     {train,val,test}_x.npy   float32, NHWC, normalized (meta.json says how)
     {train,val,test}_y.npy   int64 class ids
-    meta.json                class names, shapes, split sizes, source, normalization, skipped files
+    meta.json                class names, shapes, split sizes, source, normalization, skipped files,
+                             data health (duplicates, images per class; stages/health.py)
     samples.png              the first images of each class
+    duplicates.png           examples of duplicate pairs, when there are any
 
 Splits are chosen as index arrays and the images are written chunk by chunk into
 memory-mapped .npy files, so prepare never holds the decoded dataset and its normalized
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages import plots
+from stages import health, plots
 from stages.artifacts import META_FILE
 from stages.config import PrepareParams
 from stages.datasets import RawDataset, load_dataset
@@ -66,6 +68,89 @@ def split_dataset(raw: RawDataset, params: PrepareParams, seed: int) -> dict[str
     }
 
 
+def hash_split(split: Split, max_value: float, name: str, perceptual: bool) -> np.ndarray:
+    """health.hash_images over the split, chunk by chunk."""
+    parts = [health.hash_images(images, max_value, perceptual)
+             for _, images in split.chunks(f"hashing {name} images")]
+    return np.concatenate(parts) if parts else np.zeros((0, 3), dtype=np.uint64)
+
+
+def position(splits: dict[str, Split], index: int) -> tuple[str, int]:
+    """The split and the position in it of `index` over the concatenated splits."""
+    for name in SPLITS:
+        if index < len(splits[name].indices):
+            return name, index
+        index -= len(splits[name].indices)
+    raise IndexError(index)
+
+
+def draw_duplicates(splits: dict[str, Split], pairs: list, raw: RawDataset, path: Path) -> list[dict]:
+    """duplicates.png of the example pairs; their description for meta.json."""
+    examples, images, titles = [], ([], []), []
+    for first, second, kind, distance in pairs:
+        sides = []
+        for side, index in enumerate((first, second)):
+            name, place = position(splits, index)
+            split = splits[name]
+            row = int(split.indices[place])
+            images[side].append(np.asarray(split.images[row], dtype=np.float32) / np.float32(raw.max_value))
+            source = "test" if split.images is raw.test_images else "train"
+            sides.append({"split": name, "source_split": source, "source_row": row,
+                          "label": raw.class_names[int(split.labels[place])]})
+        examples.append({"kind": kind, "distance": distance, "first": sides[0], "second": sides[1]})
+        titles.append(tuple(f"{side['split']} #{side['source_row']}\n{side['label']}" for side in sides))
+    if examples:
+        captions = ["exact copy" if kind == "exact" else f"near, distance {distance}"
+                    for _, _, kind, distance in pairs]
+        plots.duplicate_pairs(np.stack(images[0]), np.stack(images[1]), titles, captions, path)
+    return examples
+
+
+def gather(splits: dict[str, Split]):
+    """A function giving the raw images at positions over the concatenated splits."""
+    sources = [splits[name] for name in SPLITS]
+    split_of = np.repeat(np.arange(len(SPLITS)), [len(split.indices) for split in sources])
+    rows = np.concatenate([split.indices for split in sources])
+
+    def images(positions: np.ndarray) -> np.ndarray:
+        return np.stack([sources[split_of[position]].images[rows[position]] for position in positions])
+
+    return images
+
+
+def drop_rows(splits: dict[str, Split], drop: np.ndarray) -> tuple[dict[str, Split], dict[str, int]]:
+    """The splits without the positions `drop` names (over the concatenated splits), and how many
+    each lost."""
+    kept, removed, start = {}, {}, 0
+    for name in SPLITS:
+        split = splits[name]
+        keep = ~np.isin(np.arange(start, start + len(split.indices)), drop)
+        kept[name] = Split(split.images, split.indices[keep], split.labels[keep])
+        removed[name] = int(len(keep) - keep.sum())
+        start += len(keep)
+    return kept, removed
+
+
+def check_health(splits: dict[str, Split], raw: RawDataset, params: PrepareParams,
+                 folder: Path) -> tuple[dict[str, Split], dict]:
+    """Find duplicates within and across the splits, drop those `prepare.deduplicate` names,
+    draw examples; return the kept splits and meta.json's `health` record."""
+    perceptual = params.near_distance is not None
+    hashes = np.concatenate([hash_split(splits[name], raw.max_value, name, perceptual) for name in SPLITS])
+    split_of = np.repeat(np.arange(len(SPLITS)), [len(splits[name].indices) for name in SPLITS])
+    labels = np.concatenate([splits[name].labels for name in SPLITS])
+    duplicates = health.find_duplicates(hashes, split_of, labels, params.near_distance, params.near_difference,
+                                        gather(splits), raw.max_value)
+    kept, removed = drop_rows(splits, duplicates.dropped(params.deduplicate))
+    record = health.health_record(duplicates, params.near_distance, params.near_difference,
+                                  params.deduplicate, removed)
+    record["examples"] = draw_duplicates(splits, health.example_pairs(duplicates), raw, folder / "duplicates.png")
+    record["images_per_class"] = {
+        name: dict(zip(raw.class_names, np.bincount(kept[name].labels, minlength=len(raw.class_names)).tolist()))
+        for name in SPLITS}
+    return kept, record
+
+
 def channel_statistics(train: Split, scale: float) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of the scaled training pixels, accumulated chunk by chunk."""
     channels = train.images.shape[-1]
@@ -109,7 +194,7 @@ def write_samples(split: Split, class_names: tuple[str, ...], scale: float, path
 
 
 def build_meta(params: PrepareParams, seed: int, raw: RawDataset, splits: dict[str, Split],
-               normalization: dict) -> dict:
+               normalization: dict, health_record: dict) -> dict:
     image_shape = list(raw.train_images.shape[1:])
     return {
         "dataset": params.dataset,
@@ -127,6 +212,7 @@ def build_meta(params: PrepareParams, seed: int, raw: RawDataset, splits: dict[s
         "skipped_files": list(raw.skipped),
         "ignored_files": raw.ignored_files,
         "skipped_links": list(raw.links),
+        "health": health_record,
     }
 
 
@@ -137,13 +223,13 @@ def prepare(params: PrepareParams, seed: int, output_dir: str | Path) -> dict:
     # Decoded folders go to scratch files beside the output (same disk), deleted at the end.
     with atomic_dir(output_dir) as folder, scratch_dir(output_dir) as scratch:
         raw = load_dataset(params, seed, Path(scratch))
-        splits = split_dataset(raw, params, seed)
+        splits, health_record = check_health(split_dataset(raw, params, seed), raw, params, folder)
         normalization = normalization_record(params.normalization, splits["train"], raw.max_value)
         for name, split in splits.items():
             write_images(folder / f"{name}_x.npy", split, normalization, name)
             save_array(folder / f"{name}_y.npy", np.asarray(split.labels, dtype=np.int64))
         write_samples(splits["train"], raw.class_names, raw.max_value, folder / "samples.png")
-        meta = build_meta(params, seed, raw, splits, normalization)
+        meta = build_meta(params, seed, raw, splits, normalization, health_record)
         write_json(folder / META_FILE, meta)
     return meta
 
@@ -166,3 +252,17 @@ def skipped_warnings(meta: dict) -> list[str]:
                         "could lead back into the data folder or out of it; move or copy the images "
                         "into the class folders instead)")
     return warnings
+
+
+def health_summary(meta: dict) -> str:
+    """One line: the duplicates prepare found (and removed), counted as in meta.json's `health`."""
+    record = meta["health"]
+    parts = []
+    for kind in ("exact", "near"):
+        counts = record[kind]
+        within = sum(counts[name] for name in SPLITS)
+        across = sum(count for key, count in counts.items() if "-" in key)
+        parts.append(f"{kind} {within} within splits, {across} across splits")
+    removed = sum(record["removed"].values())
+    dropped = f"; removed {removed} (deduplicate: {record['deduplicate']})" if removed else ""
+    return f"duplicates: {'; '.join(parts)}{dropped} (meta.json health)"

@@ -108,6 +108,47 @@ def training_section(meta: dict, summary: dict) -> str:
     return markdown_table(pd.DataFrame(rows, columns=["", "value"]))
 
 
+HEALTH_ROWS = (("train", "within train"), ("val", "within val"), ("test", "within test"),
+               ("train-val", "val images also in train"), ("train-test", "test images also in train"),
+               ("val-test", "test images also in val"))
+
+
+def health_section(meta: dict, duplicates_link: str | None) -> str | None:
+    """Duplicates within and across splits (leakage), what deduplicate removed, images per class."""
+    record = meta.get("health")
+    if not record:
+        return None
+    leaked = sum(record[kind][key] for kind in ("exact", "near") for key in ("train-val", "train-test", "val-test"))
+    removed = sum(record["removed"].values())
+    if leaked and record["deduplicate"] == "none":
+        verdict = (f"**Leakage**: {leaked} validation/test images have a duplicate in an earlier split, so "
+                   "their scores flatter the model; `prepare.deduplicate: near` drops them.")
+    elif removed:
+        verdict = (f"`prepare.deduplicate: {record['deduplicate']}` removed {removed} images "
+                   f"({', '.join(f'{count} {name}' for name, count in record['removed'].items())}); "
+                   "the counts below are from before.")
+    else:
+        verdict = "No image has a duplicate in an earlier split."
+    counts = pd.DataFrame([(label, record["exact"][key], record["near"][key]) for key, label in HEALTH_ROWS],
+                          columns=["images with an earlier duplicate", "exact copies", "near duplicates"])
+    per_class = pd.DataFrame({"class": list(meta["class_names"]),
+                              **{split: [record["images_per_class"][split][name] for name in meta["class_names"]]
+                                 for split in ("train", "val", "test")}})
+    conflicts = record["label_conflicts"]
+    parts = [
+        verdict,
+        markdown_table(counts),
+        ("Near duplicates: not searched (`prepare.near_distance: null`)." if record["near_distance"] is None else
+         f"Near duplicates: 64-bit perceptual hashes (imagehash's pHash) at most {record['near_distance']} bits "
+         f"apart and pixels differing by at most {record['near_difference']:.1%} on average.")
+        + f" Duplicate pairs with different labels: {conflicts['exact']} exact, {conflicts['near']} near.",
+        collapsed("Images per class", markdown_table(per_class)),
+    ]
+    if duplicates_link:
+        parts.append(f"![Duplicate pairs]({duplicates_link})")
+    return "\n\n".join(parts)
+
+
 def model_summary_section(summary: dict) -> str | None:
     """Keras-style layer table (layer, type, output shape, parameters), when train recorded it."""
     layers = summary.get("layers")
@@ -367,7 +408,7 @@ def write_figures(inputs: ReportInputs, summary: dict, metrics: dict, output_pat
     for drawn in sorted((inputs.evaluation_dir / FIGURES_DIR).glob("*.png")):
         links[drawn.name] = relative_link(drawn, output_path)
     # data/ is DVC-cached, not committed: copy its figures so the report renders in the PR.
-    copies = [(inputs.prepared_dir / "samples.png", "samples.png")]
+    copies = [(inputs.prepared_dir / name, name) for name in ("samples.png", "duplicates.png")]
     if inputs.augmented_dir is not None:
         copies.append((inputs.augmented_dir / "preview.png", "augmentation_preview.png"))
     for source, name in copies:
@@ -395,6 +436,7 @@ def report(params: ReportParams, inputs: ReportInputs, output_path: str | Path) 
         links = write_figures(inputs, summary, metrics, output_path, folder, params.figure_dpi)
 
     against = f" (against `{comparison.rev}`)" if comparison else ""
+    health = health_section(meta, links.get("duplicates.png"))
     sections = [
         f"# {params.title}",
         f"## Test results{against}", headline_section(metrics, comparison),
@@ -420,6 +462,7 @@ def report(params: ReportParams, inputs: ReportInputs, output_path: str | Path) 
         *(part for heading, body in (("### Model summary", model_summary_section(summary)),
                                      ("### Params that differ from cnnlab's defaults", parameters_section(summary)))
           if body for part in (heading, body)),
+        *(("## Data health", health) if health else ()),
         "## More figures",
         *(f"### {title}\n\n{image(links, name, title)}" for name, title in (
             ("roc_precision_recall.png", "ROC and precision-recall curves"),

@@ -60,6 +60,8 @@ META_DAMAGE = {
         lambda meta: meta.update(normalization={"method": "zscore"}),
     "'normalization.std' must be positive":
         lambda meta: meta.update(normalization={"method": "standardize", "scale": 16.0, "mean": [0.3], "std": [0]}),
+    "'health.near' must give a count for each of train, val, test, train-val, train-test, val-test":
+        lambda meta: meta["health"].update(near={"train": -1}),
 }
 
 
