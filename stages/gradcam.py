@@ -57,10 +57,13 @@ def heat_maps(model, images: np.ndarray, class_ids: np.ndarray) -> np.ndarray | 
     viewer = keras.Model(model.inputs, [layer.output, model.layers[-1].input])
     with tf.GradientTape() as tape:
         maps, features = viewer(tf.convert_to_tensor(np.asarray(images, dtype=np.float32)), training=False)
-        maps = tf.cast(maps, tf.float32)  # mixed-precision models compute in bfloat16/float16
         scores = tf.gather(class_scores(model, tf.cast(features, tf.float32)),
                            np.asarray(class_ids)[:, np.newaxis], batch_dims=1)
-    weights = tf.reduce_mean(tape.gradient(scores, maps), axis=(1, 2), keepdims=True)
+    # The gradient with respect to the maps the scores were computed from; mixed-precision
+    # models compute them in bfloat16/float16, so both are cast to float32 afterwards.
+    gradients = tf.cast(tape.gradient(scores, maps), tf.float32)
+    maps = tf.cast(maps, tf.float32)
+    weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
     cams = tf.nn.relu(tf.reduce_sum(weights * maps, axis=-1, keepdims=True))
     cams = tf.image.resize(cams, images.shape[1:3], method="bilinear")[..., 0].numpy()
     peaks = cams.reshape(len(cams), -1).max(axis=1)[:, np.newaxis, np.newaxis]

@@ -33,13 +33,18 @@ def tiny_data(num_classes: int, seed: int = 0):
     return images, labels
 
 
-def trained_cnn(path, num_classes: int, epochs: int = 3):
+def trained_cnn(path, num_classes: int, epochs: int = 3, precision: str = "float32"):
     import keras
 
     from stages.models import build_model
 
     keras.utils.set_random_seed(0)
-    model = build_model(ModelParams(conv_filters=(4, 6), dense_units=(8,), dense_dropout=0.0), (8, 8, 1), num_classes)
+    keras.config.set_dtype_policy(precision)  # what train.precision sets while the model is built
+    try:
+        model = build_model(ModelParams(conv_filters=(4, 6), dense_units=(8,), dense_dropout=0.0), (8, 8, 1),
+                            num_classes)
+    finally:
+        keras.config.set_dtype_policy("float32")
     binary = num_classes == 2  # build_model gives two classes one sigmoid unit
     model.compile(optimizer="adam", loss="binary_crossentropy" if binary else "sparse_categorical_crossentropy",
                   metrics=["accuracy"])
@@ -107,10 +112,11 @@ def test_evaluate_writes_metrics_tables_and_figures(tmp_path):
         assert width > 200 and height > 100, name
 
 
-def test_grad_cam_highlights_where_the_class_evidence_is(tmp_path):
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])  # train.precision: auto on bfloat16 CPUs
+def test_grad_cam_highlights_where_the_class_evidence_is(tmp_path, precision):
     from stages.gradcam import feature_map_layer, heat_maps
 
-    model = trained_cnn(tmp_path / "model.keras", num_classes=3, epochs=20)
+    model = trained_cnn(tmp_path / "model.keras", num_classes=3, epochs=20, precision=precision)
     images, labels = tiny_data(3, seed=3)
     assert feature_map_layer(model).name == [layer.name for layer in model.layers if "conv" in layer.name][-1]
     heat = heat_maps(model, images[:12], labels[:12])
