@@ -225,21 +225,26 @@ def read_training_set(prepared_dir: str | Path, augmented_dir: str | Path, meta:
 
 
 # --- the model and the resume state ------------------------------------------------------------------
-def keras_archive_problem(path: Path) -> str | None:
-    """Why `path` is not a complete .keras archive (a zip of config and weights), or None."""
+def zip_problem(path: Path, members: set[str], kind: str, contents: str) -> str | None:
+    """Why `path` is not a complete zip file of `kind` (.keras, .npz) holding `members`, or None."""
     if path.stat().st_size == 0:
         return "is empty (0 bytes)"
     try:
         with zipfile.ZipFile(path) as archive:
-            if not {"config.json", "model.weights.h5"} <= set(archive.namelist()):
-                return "is a zip file but not a Keras model archive (no config.json and model.weights.h5)"
+            if not members <= set(archive.namelist()):
+                return f"is a zip file but not {contents} (no {' and '.join(sorted(members))})"
             if archive.testzip() is not None:
-                return "is a damaged .keras archive (a member fails its checksum)"
+                return f"is a damaged {kind} archive (a member fails its checksum)"
     except (zipfile.BadZipFile, EOFError, OSError) as error:
         if environment_failure(error) is not None:
             raise
-        return "is not a complete .keras archive (truncated or another format)"
+        return f"is not a complete {kind} archive (truncated or another format)"
     return None
+
+
+def keras_archive_problem(path: Path) -> str | None:
+    """Why `path` is not a complete .keras archive (a zip of config and weights), or None."""
+    return zip_problem(path, {"config.json", "model.weights.h5"}, ".keras", "a Keras model archive")
 
 
 def checkpoint_file_problem(path: Path) -> str | None:
@@ -247,19 +252,7 @@ def checkpoint_file_problem(path: Path) -> str | None:
     used, or None."""
     if not path.is_file():
         return "is missing"
-    if path.stat().st_size == 0:
-        return "is empty (0 bytes)"
-    try:
-        with zipfile.ZipFile(path) as archive:
-            if archive.testzip() is not None:
-                return "is a damaged .npz file (a member fails its checksum)"
-            if "phase.npy" not in archive.namelist():
-                return "is a zip file but not a cnnlab resume state (no phase.npy)"
-    except (zipfile.BadZipFile, EOFError, OSError) as error:
-        if environment_failure(error) is not None:
-            raise
-        return "is not a complete .npz file (truncated or another format)"
-    return None
+    return zip_problem(path, {"phase.npy"}, ".npz", "a cnnlab resume state")
 
 
 def model_load_problem(error: Exception) -> str:
