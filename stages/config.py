@@ -146,30 +146,27 @@ class FractionOrCount(Constraint):
         raise ValueError
 
 
-class Nullable(Constraint):
+class OrSpecial(Constraint):
+    """One special value (`null`, 'auto') or a value that satisfies `inner`."""
+
+    def __init__(self, special: Any, shown: str, inner: Constraint):
+        self.special, self.shown, self.inner = special, shown, inner
+
+    def describe(self) -> str:
+        return f"{self.shown} or {self.inner.describe()}"
+
+    def convert(self, value: Any) -> Any:
+        return self.special if value == self.special else self.inner.convert(value)
+
+
+def Nullable(inner: Constraint) -> OrSpecial:  # noqa: N802 (reads as a constraint type)
     """`null` (None) or a value that satisfies `inner`."""
-
-    def __init__(self, inner: Constraint):
-        self.inner = inner
-
-    def describe(self) -> str:
-        return f"null or {self.inner.describe()}"
-
-    def convert(self, value: Any) -> Any:
-        return None if value is None else self.inner.convert(value)
+    return OrSpecial(None, "null", inner)
 
 
-class OrAuto(Constraint):
+def OrAuto(inner: Constraint) -> OrSpecial:  # noqa: N802
     """'auto' (the stage chooses from the data, and records its choice) or a value of `inner`."""
-
-    def __init__(self, inner: Constraint):
-        self.inner = inner
-
-    def describe(self) -> str:
-        return f"'auto' or {self.inner.describe()}"
-
-    def convert(self, value: Any) -> Any:
-        return AUTO if value == AUTO else self.inner.convert(value)
+    return OrSpecial(AUTO, "'auto'", inner)
 
 
 class PerBlock(Constraint):
