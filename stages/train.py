@@ -147,6 +147,19 @@ def evaluation_dataset(labels, batch_size: int, read_batch):
 
 
 # --- model, phases, callbacks -------------------------------------------------------------------
+# Keras runs up to this many training steps per call from Python: fewer round trips between
+# Python and the graph (benchmarks/train_speed.py measures the gain), the same arithmetic.
+MAX_STEPS_PER_EXECUTION = 16
+
+
+def steps_per_execution(steps_per_epoch: int) -> int:
+    """The largest count up to MAX_STEPS_PER_EXECUTION that divides an epoch's steps. Keras
+    counts an epoch in whole executions, and the training set streams every epoch's batches in
+    one dataset: an execution that ran past the epoch's end would train on the next epoch's
+    batches (and break resume, which restarts at an epoch's first batch)."""
+    return max(count for count in range(1, MAX_STEPS_PER_EXECUTION + 1) if steps_per_epoch % count == 0)
+
+
 def compile_for_phase(model, params: Params, phase: int, steps_per_epoch: int, loss: LossChoice,
                       rate: float | None = None) -> None:
     """Which layers learn and at what rate: the whole model with the schedule, except that a
@@ -161,7 +174,7 @@ def compile_for_phase(model, params: Params, phase: int, steps_per_epoch: int, l
     if rate is None:
         rate = make_schedule(train, steps_per_epoch) if phase == TRAINING else train.fine_tune_learning_rate
     model.compile(optimizer=make_optimizer(train, rate), loss=make_loss(loss, train),
-                  metrics=[make_accuracy(loss)])
+                  metrics=[make_accuracy(loss)], steps_per_execution=steps_per_execution(steps_per_epoch))
     model.optimizer.build(model.trainable_variables)  # so that a checkpoint can restore its state
 
 

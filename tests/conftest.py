@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -90,6 +91,28 @@ def new_dvc_project(project: Path):
 def dvc_project(tmp_path: Path):
     """A temporary git + DVC repository holding this repository's pipeline and fast params."""
     return new_dvc_project(tmp_path / "project")
+
+
+@pytest.fixture(scope="session")
+def reproduced(tmp_path_factory):
+    """A git + DVC project of this repository's pipeline after a first `dvc repro` (all five
+    stages ran), committed on main as "baseline". Built once per test process; tests that
+    change a project work on a copy (`reproduced_project`)."""
+    run = new_dvc_project(tmp_path_factory.mktemp("reproduced") / "project")
+    first = run("dvc", "repro")
+    assert re.findall(r"^Running stage '(\w+)'", first.stdout, flags=re.MULTILINE) == \
+        ["prepare", "augment", "train", "evaluate", "report"]
+    run("git", "add", "-A")
+    run("git", "commit", "-q", "-m", "baseline")
+    return run
+
+
+@pytest.fixture
+def reproduced_project(reproduced, tmp_path: Path):
+    """A copy of the `reproduced` project (its DVC cache and run-cache included), for one test."""
+    copy = tmp_path / "project"
+    shutil.copytree(reproduced.path, copy, symlinks=True)
+    return project_runner(copy)
 
 
 def init_dvc_with_templates(run) -> None:

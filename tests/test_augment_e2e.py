@@ -16,10 +16,8 @@ def experiments(project) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(table)))
 
 
-def test_online_augmentation_experiment_runs_beside_the_baseline(dvc_project):
-    dvc_project("dvc", "repro")
-    dvc_project("git", "add", "-A")
-    dvc_project("git", "commit", "-q", "-m", "baseline")
+def test_online_augmentation_experiment_runs_beside_the_baseline(reproduced_project):
+    dvc_project = reproduced_project  # after `dvc repro`, committed as the baseline
     baseline = json.loads((dvc_project.path / "reports" / "metrics.json").read_text())
 
     dvc_project("dvc", "exp", "run", "-n", "rotate10", "-S", "augment.mode=online", "-S", "augment.rotation=10")

@@ -240,4 +240,5 @@ def test_a_damaged_resume_state_starts_over_and_never_publishes_a_broken_model(t
     assert summary["epochs_run"] == FAST_PARAMS["train"]["epochs"] and "resumed after epoch" not in result.stdout
     with zipfile.ZipFile(project / "models" / "model.keras") as archive:  # a complete model, published
         assert archive.testzip() is None and "model.weights.h5" in archive.namelist()
-    assert run_cnnlab("evaluate", cwd=project).returncode == 0
+    if damaged == "checkpoint":  # the published model is one evaluate reads (once is enough)
+        assert run_cnnlab("evaluate", cwd=project).returncode == 0

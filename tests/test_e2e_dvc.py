@@ -13,13 +13,9 @@ def stages_run(output: str) -> list[str]:
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
 
 
-def test_repro_caching_report_only_change_and_experiments(dvc_project):
-    run = dvc_project
-    first = run("dvc", "repro")
-    assert stages_run(first.stdout) == ["prepare", "augment", "train", "evaluate", "report"]
+def test_repro_caching_report_only_change_and_experiments(reproduced_project):
+    run = reproduced_project  # a first `dvc repro` ran all five stages, committed as the baseline
     assert (run.path / "reports" / "report.md").is_file()
-    run("git", "add", "-A")
-    run("git", "commit", "-q", "-m", "baseline")
 
     second = run("dvc", "repro")
     assert stages_run(second.stdout) == []

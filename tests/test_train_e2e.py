@@ -9,9 +9,9 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 
-def test_dvc_repro_then_an_experiment_switching_optimizer_schedule_and_batch_norm(dvc_project):
+def test_dvc_repro_then_an_experiment_switching_optimizer_schedule_and_batch_norm(reproduced_project):
+    dvc_project = reproduced_project  # after `dvc repro`, committed
     project = dvc_project.path
-    dvc_project("dvc", "repro")
     state = json.loads((project / ".cnnlab" / "checkpoints" / "state.json").read_text())
     assert state["epochs_done"] == 3
     assert (project / "reports" / "train" / "plots" / "metrics" / "train" / "learning_rate.tsv").is_file()

@@ -234,6 +234,27 @@ def test_same_seed_and_params_give_identical_metrics(tmp_path, precision):
     assert first["history"] != other_seed["history"]
 
 
+@pytest.mark.parametrize(("steps_per_epoch", "expected"), [(6, 6), (16, 16), (40, 10), (399, 7), (469, 7), (401, 1)])
+def test_steps_per_execution_divides_the_epoch(steps_per_epoch, expected):
+    from stages.train import steps_per_execution
+
+    assert steps_per_execution(steps_per_epoch) == expected
+
+
+def test_several_steps_per_execution_train_exactly_as_one_step_per_call(tmp_path, monkeypatch):
+    import stages.train
+
+    train = {"epochs": 3, "schedule": "cosine", "precision": "float32"}
+    model = {"dense_dropout": 0.3, "batch_norm": True}
+    _, several = run_training(tmp_path / "several", model=model, train=train)  # 6 steps per epoch: 6 per call
+    monkeypatch.setattr(stages.train, "MAX_STEPS_PER_EXECUTION", 1)
+    _, one = run_training(tmp_path / "one", model=model, train=train)
+    assert several["history"] == one["history"]
+    for left, right in zip(load(tmp_path / "several" / "model.keras").get_weights(),
+                           load(tmp_path / "one" / "model.keras").get_weights(), strict=True):
+        np.testing.assert_array_equal(left, right)
+
+
 def test_one_device_mirrored_strategy_runs_the_same_code_path(tmp_path):
     import tensorflow as tf
 
