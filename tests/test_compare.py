@@ -224,6 +224,17 @@ def test_experiments_with_two_optimizers_then_compare(reproduced_project):
         for experiment in [baseline] + [e["revs"][0] for e in baseline["experiments"] or []]:
             accuracies[experiment["name"]] = experiment["data"]["metrics"]["reports/metrics.json"]["data"]["accuracy"]
     assert set(accuracies) == {"main", "with-rmsprop"}
+    # `dvc exp show`: headline metrics only, no file prefixes (DVC adds them only on name
+    # collisions), and the changed columns fit a pull request.
+    header = dvc_project("dvc", "exp", "show", "--md").stdout.splitlines()[0]
+    columns = [cell.strip() for cell in header.strip("|").split("|")]
+    assert not [column for column in columns if ":" in column]
+    metrics = json.loads((dvc_project.path / "reports" / "metrics.json").read_text())
+    assert set(metrics) <= set(columns)
+    shown = json.loads(dvc_project("dvc", "exp", "show", "--json").stdout)
+    assert set(shown[1]["data"]["metrics"]) == {"reports/metrics.json"}  # no per-class or DVCLive metrics
+    changed = dvc_project("dvc", "exp", "show", "--md", "--only-changed").stdout.splitlines()[0]
+    assert "train.optimizer" in changed and len(changed.strip("|").split("|")) <= 30
 
     text = dvc_project("cnnlab", "compare", "--experiments", "--md").stdout
     rows = {match[0]: match[1:] for match in re.findall(r"^\| (\S+) +\| [0-9a-f]{7} \| (\w+) +\| +([0-9.]+) \|",

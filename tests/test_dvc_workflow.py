@@ -136,19 +136,6 @@ def test_a_code_edit_marks_the_stages_that_run_that_code_changed(project):
     assert len(re.findall(r"^(\w+):", project("dvc", "status").stdout, flags=re.MULTILINE)) == 5
 
 
-def test_exp_show_has_headline_metrics_only_and_no_name_collisions(project):
-    project("dvc", "exp", "run", "-q", "-S", "train.optimizer=rmsprop", "-n", "rmsprop")
-    header = project("dvc", "exp", "show", "--md").stdout.splitlines()[0]
-    columns = [cell.strip() for cell in header.strip("|").split("|")]
-    assert not [column for column in columns if ":" in column]  # DVC prefixes a file only on collisions
-    metrics = json.loads((project.path / "reports" / "metrics.json").read_text())
-    assert set(metrics) <= set(columns)
-    shown = json.loads(project("dvc", "exp", "show", "--json").stdout)
-    assert set(shown[1]["data"]["metrics"]) == {"reports/metrics.json"}  # no per-class or DVCLive metrics
-    changed = project("dvc", "exp", "show", "--md", "--only-changed").stdout.splitlines()[0]
-    assert "train.optimizer" in changed and len(changed.strip("|").split("|")) <= 30
-
-
 def test_identical_results_on_another_cpu_are_no_change(project):
     """Float noise at the 8th decimal (another CPU) is not a change: not in compare, not in the PR."""
     metrics_path = project.path / "reports" / "metrics.json"
