@@ -16,6 +16,20 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN_DIR = Path(sys.executable).parent  # the venv's bin: cnnlab and dvc live here
 
 
+def pytest_collection_modifyitems(items) -> None:
+    """The longest test files first: `make test` hands whole files to its workers (pytest-xdist
+    --dist loadfile) in this order, so a slow file never starts last while the other workers
+    idle. Files are ranked by their slowest marker (slow, e2e, tf, none), in order otherwise."""
+    def rank(item) -> int:
+        return next((index for index, marker in enumerate(("slow", "e2e", "tf"))
+                     if item.get_closest_marker(marker)), 3)
+
+    file_rank: dict[str, int] = {}
+    for item in items:
+        file_rank[item.nodeid.split("::")[0]] = min(file_rank.get(item.nodeid.split("::")[0], 3), rank(item))
+    items.sort(key=lambda item: file_rank[item.nodeid.split("::")[0]])  # stable: a file stays together
+
+
 def run_cnnlab(*args: str, cwd: Path | str, check: bool = False, columns: int | None = None,
                ) -> subprocess.CompletedProcess:
     """Run `cnnlab ARGS` in a fresh interpreter, as a user (or DVC) would (on a terminal

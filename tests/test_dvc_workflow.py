@@ -15,7 +15,7 @@ import pytest
 
 from conftest import REPO_ROOT
 
-pytestmark = [pytest.mark.e2e, pytest.mark.tf]
+pytestmark = [pytest.mark.e2e, pytest.mark.tf, pytest.mark.slow]
 QUIET = ("WARNING", "ERROR", "failed", "Traceback")
 
 
