@@ -115,7 +115,7 @@ def stop_node(node: subprocess.Popen) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(node.pid, sig)
-            node.wait(timeout=5)
+            node.wait(timeout=2)
             break
         except ProcessLookupError:
             break
