@@ -136,6 +136,14 @@ def test_two_workers_resume_together_match_one_worker_and_only_the_chief_writes(
         assert sorted(mine.files) == sorted(theirs.files) and mine.files
         assert all(np.array_equal(mine[name], theirs[name]) for name in mine.files)
 
+    # Worker 1 lost its state (killed before it saved): the workers disagree, and start over together.
+    shutil.rmtree(double / ".cnnlab/checkpoints-worker-1")
+    processes = launch_two_workers(double)
+    outputs = [process.communicate(timeout=600) for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], [stderr[-2000:] for _, stderr in outputs]
+    assert all("resumed" not in stdout and "training starts over" in stderr for stdout, stderr in outputs)
+    assert_same_training(one_worker, double)
+
 
 @pytest.mark.tf
 @pytest.mark.e2e
