@@ -135,13 +135,16 @@ def augment(params: str = ParamsOption, prepared: Path = PreparedOption,
 def train(params: str = ParamsOption, prepared: Path = PreparedOption,
           augmented: Path = AugmentedOption, model: Path = ModelOption,
           summary: Path = SummaryOption, live_dir: Path = LiveOption,
-          checkpoints: Path = CheckpointsOption) -> None:
+          checkpoints: Path = CheckpointsOption,
+          ray: str | None = typer.Option(None, "--ray", metavar="ADDRESS", help="With train.workers > 1: the "
+                                         "Ray cluster (HOST:PORT of its head; default: $RAY_ADDRESS).")
+          ) -> None:
     """Train the model, keep the best epoch, log per-epoch metrics; resume after an interruption."""
     config = load_params(params)  # validate before importing TensorFlow
     from stages.train import train as run
 
     try:
-        result = run(config, prepared, augmented, model, summary, live_dir, checkpoints)
+        result = run(config, prepared, augmented, model, summary, live_dir, checkpoints, ray_address=ray)
     except KeyboardInterrupt:
         typer.echo("cnnlab: interrupted; run the same command again to resume from the last "
                    "completed epoch", err=True)
@@ -221,7 +224,11 @@ def compare(
 def sweep(
     set_param: list[str] = typer.Option(..., "--set-param", "-S", metavar="KEY=VALUES",
                                         help="A grid axis in DVC's syntax: train.optimizer=sgd,adam (repeat "
-                                             "for more axes; every combination runs)."),
+                                             "for more axes; every combination runs); with --budget also "
+                                             "interval(0.1,1) or tag(log, interval(1e-4,1e-1))."),
+    budget: int | None = typer.Option(None, min=1, help="Run this many trials drawn from the search space "
+                                                        "(the whole grid when it is no larger)."),
+    seed: int = typer.Option(0, help="With --budget: the seed of the draw (same seed, same trials)."),
     name: str | None = typer.Option(None, help="Experiments are named NAME-1, NAME-2, ... (default: "
                                                "sweep-<random>)."),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Without --ray: trials at a time on this machine."),
@@ -235,12 +242,17 @@ def sweep(
     `dvc exp show` or `cnnlab compare --experiments` lists them."""
     from secrets import token_hex
 
-    from stages.sweep import sweep_local, sweep_ray
+    from stages.sweep import choose_trials, sweep_local, sweep_ray
 
     name = name or f"sweep-{token_hex(3)}"
-    names = (sweep_ray(Path.cwd(), set_param, name, ray, cpus_per_trial, retries, git_remote) if ray
-             else sweep_local(Path.cwd(), set_param, name, jobs))
-    typer.echo(f"{len(names)} experiments ({', '.join(names)}); compare them: cnnlab compare --experiments")
+    chosen = choose_trials(set_param, budget, seed)  # validates the search space before anything runs
+    trials = (sweep_ray(Path.cwd(), chosen, name, ray, cpus_per_trial, retries, git_remote) if ray
+              else sweep_local(Path.cwd(), chosen, name, jobs))
+    for trial in trials:
+        if trial.resumed_from_epoch:
+            typer.echo(f"{trial.name}: retried, resumed after epoch {trial.resumed_from_epoch}")
+    typer.echo(f"{len(trials)} experiments ({', '.join(trial.name for trial in trials)}); "
+               "compare them: cnnlab compare --experiments")
 
 
 @tool(name="lr-find")

@@ -666,6 +666,12 @@ class TrainParams:
         "float32, or mixed precision (bfloat16/float16 compute, float32 weights); auto: "
         "mixed_bfloat16 where the CPU or GPU computes bfloat16 natively, else float32",
     )
+    workers: int = param(
+        1, Interval(int, 1, 1024),
+        "processes that train one model together (MultiWorkerMirroredStrategy, batch_size the "
+        "global batch), placed on a Ray cluster by Ray Train (RAY_ADDRESS or `cnnlab train --ray`); "
+        "1 = this process alone (or the workers TF_CONFIG names)",
+    )
 
     def check(self, source: str) -> None:
         if self.warmup_epochs and self.schedule not in ("cosine", "one_cycle"):

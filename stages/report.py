@@ -291,7 +291,8 @@ def most_confused(rows: pd.DataFrame, at_most: int = CONFUSED_PAIRS) -> pd.DataF
     totals = rows["actual"].value_counts()
     wrong = rows[rows["actual"] != rows["predicted"]]
     pairs = wrong.groupby(["actual", "predicted"]).size().reset_index(name="count")
-    pairs["share of the actual class"] = pairs["count"] / pairs["actual"].map(totals)
+    # astype: mapping no pair at all gives an empty text column (pandas with pyarrow), not numbers
+    pairs["share of the actual class"] = pairs["count"] / pairs["actual"].map(totals).astype("int64")
     return pairs.sort_values(["count", "actual", "predicted"], ascending=[False, True, True]).head(at_most)
 
 

@@ -113,13 +113,30 @@ def worker_name() -> str | None:
     return f"{task['type']}-{task['index']}"
 
 
+def worker_count() -> int:
+    """The processes that train together: the chief and workers TF_CONFIG names, else 1."""
+    cluster = tf_config().get("cluster", {})
+    return max(1, sum(len(cluster.get(kind, [])) for kind in ("chief", "worker")))
+
+
+def workers_agree(strategy, value: int) -> bool:
+    """True when every worker of a multi-worker run passes the same `value` (the epoch it would
+    resume after; all must call this), or when there is one worker. Workers killed together can
+    disagree by an epoch: one saved its state and the others had not yet."""
+    if worker_count() < 2:
+        return True
+    tf = import_tensorflow()
+    sums = strategy.reduce("SUM", strategy.run(lambda: tf.constant([value, value * value], tf.float64)), axis=None)
+    total, squares = sums.numpy().tolist()
+    return worker_count() * squares == total * total  # no variance: all equal
+
+
 def distribution_strategy():
     """MultiWorkerMirroredStrategy when TF_CONFIG names several workers (one model trained by
     several processes or machines, `train.batch_size` the global batch); else MirroredStrategy
     over all GPUs when there are several; else the default (one device)."""
-    cluster = tf_config().get("cluster", {})
     tf = import_tensorflow()
-    if sum(len(cluster.get(kind, [])) for kind in ("chief", "worker")) > 1:
+    if worker_count() > 1:
         keras_builds_under_multi_worker_strategies()
         return tf.distribute.MultiWorkerMirroredStrategy()
     if len(tf.config.list_logical_devices("GPU")) > 1:

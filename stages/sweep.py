@@ -1,10 +1,14 @@
 """sweep: run a grid of DVC experiments, on this machine through DVC's queue or on a Ray cluster.
 
 The grid is DVC's own syntax (`-S train.optimizer=sgd,adam -S train.learning_rate=0.01,0.001`:
-every combination), expanded by DVC's own code, and every trial is a real DVC experiment
-named `<name>-<i>` as `dvc exp run --queue -n <name>` names them:
+every combination), expanded by DVC's own code; with a budget (`--budget N`), N trials are
+drawn from a search space instead, seeded, in the syntax of Hydra's sweepers, which DVC's
+`-S` already speaks: `choice(a,b)`, `range(1,5)`, `a,b` and, for continuous ranges,
+`interval(0.001,0.1)` and `tag(log, interval(1e-4,1e-1))` (the Optuna sweeper's log-uniform).
+Every trial is a real DVC experiment named `<name>-<i>`:
 
-- locally, `dvc exp run --queue` queues them and `dvc exp run --run-all --jobs N` runs them;
+- locally, `dvc exp run --queue -n <name>-<i>` queues each and `dvc exp run --run-all --jobs N`
+  runs them;
 - on a Ray cluster (`ray_address`), each trial is one Ray task: it clones the shared git
   remote into its own clean workspace on whichever node Ray placed it, runs `dvc exp run`
   there, and `dvc exp push`es the experiment (git refs to the git remote, cached outputs to
@@ -21,12 +25,18 @@ OMP_NUM_THREADS), so N trials on a node never run N x all-cores threads.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import itertools
+import math
 import os
+import random
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from stages.errors import CnnlabError
@@ -53,6 +63,79 @@ def expand_grid(overrides: list[str]) -> list[list[str]]:
             for sweep in sweeps]
 
 
+@dataclass(frozen=True)
+class Axis:
+    """One `-S` override of a search space: the values it takes (a grid axis) or, for
+    `interval(low, high)`, the range it is drawn from (log-uniform with the `log` tag)."""
+
+    path: str  # the params file, as DVC names it (params.yaml)
+    key: str
+    values: tuple[str, ...] = ()
+    low: float = 0.0
+    high: float = 0.0
+    log: bool = False
+
+    def draw(self, rng: random.Random) -> str:
+        """`path:key=value` with a value drawn uniformly (`int(interval(...))`: an integer)."""
+        integer = isinstance(self.low, int) and isinstance(self.high, int)
+        if self.values:
+            value = rng.choice(self.values)
+        elif self.log:
+            number = math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
+            value = str(round(number)) if integer else f"{number:.4g}"
+        else:
+            value = str(rng.randint(self.low, self.high)) if integer else f"{rng.uniform(self.low, self.high):.4g}"
+        return f"{self.path}:{self.key}={value}"
+
+
+def search_space(overrides: list[str]) -> list[Axis]:
+    """The `-S` overrides, read by Hydra's own override parser (as DVC reads them)."""
+    from dvc.utils.cli_parse import to_path_overrides
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import IntervalSweep
+    from hydra.errors import HydraException
+
+    parser, axes = OverridesParser.create(), []
+    for path, items in to_path_overrides(overrides).items():
+        for item in items:
+            try:
+                override = parser.parse_override(item)
+                value = override.value()
+                if isinstance(value, IntervalSweep):
+                    if not value.start < value.end or ("log" in value.tags and value.start <= 0):
+                        raise ValueError(f"expected low < high{' and low > 0 (log)' if 'log' in value.tags else ''}")
+                    axes.append(Axis(path, override.key_or_group, low=value.start, high=value.end,
+                                     log="log" in value.tags))
+                else:
+                    values = (override.sweep_string_iterator() if override.is_sweep_override()
+                              else [override.get_value_element_as_str()])
+                    axes.append(Axis(path, override.key_or_group, tuple(values)))
+            except (HydraException, ValueError) as error:
+                raise CnnlabError(f"sweep: cannot read -S {item!r} ({' '.join(str(error).split())[:300]}); "
+                                  "expected key=a,b, choice(a,b), range(1,5), interval(0.1,1), "
+                                  "int(interval(1,9)) or tag(log, interval(1e-4,1e-1))") from None
+    return axes
+
+
+def choose_trials(overrides: list[str], budget: int | None, seed: int) -> list[list[str]]:
+    """The trials to run, each as the `-S` arguments of one `dvc exp run`: without a budget the
+    whole grid (DVC's expansion); with one, `budget` trials drawn with `seed` (the whole grid,
+    once, when it is no larger)."""
+    axes = search_space(overrides)
+    continuous = [f"{axis.key}=interval({axis.low}, {axis.high})" for axis in axes if not axis.values]
+    if budget is None:
+        if continuous:
+            raise CnnlabError(f"sweep: {continuous[0]} is a continuous range, which has no grid; add --budget N "
+                              "(trials drawn from the ranges, --seed to vary them) or list values (a,b,c)")
+        return expand_grid(overrides)
+    rng = random.Random(seed)
+    if continuous:
+        return [[axis.draw(rng) for axis in axes] for _ in range(budget)]
+    grid = [[f"{axis.path}:{axis.key}={value}" for axis, value in zip(axes, values)]
+            for values in itertools.product(*(axis.values for axis in axes))]
+    return grid if len(grid) <= budget else [grid[index] for index in sorted(rng.sample(range(len(grid)), budget))]
+
+
 def thread_environment(threads: int) -> dict[str, str]:
     """Environment that caps TensorFlow (and oneDNN/OpenMP) at `threads` threads, and puts this
     interpreter's scripts (cnnlab, dvc) first on PATH for the stage commands."""
@@ -77,13 +160,20 @@ def dvc(*arguments: str) -> list[str]:
 
 
 # --- on this machine: DVC's queue -----------------------------------------------------------------
-def sweep_local(repo: Path, overrides: list[str], name: str, jobs: int) -> list[str]:
-    """Queue the grid with DVC and run it, `jobs` experiments at a time; the trials' names."""
-    trials = expand_grid(overrides)  # validates the grid before anything is queued
+@dataclass(frozen=True)
+class Trial:
+    name: str
+    resumed_from_epoch: int = 0  # a retried trial that resumed from its dead attempt's checkpoint
+
+
+def sweep_local(repo: Path, trials: list[list[str]], name: str, jobs: int) -> list[Trial]:
+    """Queue the trials with DVC and run them, `jobs` experiments at a time."""
     env = thread_environment(max(1, (os.cpu_count() or 1) // jobs))
-    run(dvc("exp", "run", "--queue", "-n", name, *[f"-S{o}" for o in overrides]), repo, env)
+    names = [f"{name}-{index}" for index in range(1, len(trials) + 1)]
+    for trial, overrides in zip(names, trials):
+        run(dvc("exp", "run", "--queue", "-n", trial, *[f"-S{o}" for o in overrides]), repo, env)
     run(dvc("exp", "run", "--run-all", "--jobs", str(jobs)), repo, env)
-    return [f"{name}-{index}" for index in range(1, len(trials) + 1)]
+    return [Trial(trial) for trial in names]
 
 
 # --- on a Ray cluster ------------------------------------------------------------------------------
@@ -106,11 +196,17 @@ def shared_remote(repo: Path, git_remote: str) -> tuple[str, str]:
     return url, commit
 
 
-def run_trial(url: str, commit: str, name: str, overrides: list[str], threads: int) -> str:
+def trial_home(url: str, name: str) -> Path:
+    """Where trial `name` of the project cloned from `url` works on its node: one folder per
+    project and trial, so sweeps of other projects with the same names never meet there."""
+    return SCRATCH / f"{name}-{hashlib.sha256(url.encode()).hexdigest()[:8]}"
+
+
+def run_trial(url: str, commit: str, name: str, overrides: list[str], threads: int) -> Trial:
     """One trial, on whichever node Ray placed it: a clean clone of `commit`, `dvc exp run`,
     `dvc exp push`. A retry on the same node first stops what the dead attempt left running
     and keeps its training checkpoint (`cnnlab train` resumes from it)."""
-    home = SCRATCH / name
+    home = trial_home(url, name)
     workspace, checkpoints, group_file = home / "repo", home / "checkpoints", home / "process-group"
     if group_file.exists():  # a previous attempt died here: its dvc and cnnlab may still run
         with contextlib.suppress(ProcessLookupError, ValueError):
@@ -136,14 +232,14 @@ def run_trial(url: str, commit: str, name: str, overrides: list[str], threads: i
                           f"{experiment.returncode}): {' '.join(output.split())[-600:]}")
     run(dvc("exp", "push", "--force", "origin", name), workspace)
     shutil.rmtree(home, ignore_errors=True)
-    return name
+    resumed = re.search(r"resumed after epoch (\d+)", output)  # what `cnnlab train` printed
+    return Trial(name, int(resumed.group(1)) if resumed else 0)
 
 
-def sweep_ray(repo: Path, overrides: list[str], name: str, address: str, cpus_per_trial: int,
-              retries: int, git_remote: str = "origin") -> list[str]:
-    """Run each trial of the grid as a Ray task on the cluster at `address`, then pull every
-    trial's experiment into `repo`; the trials' names."""
-    trials = expand_grid(overrides)
+def sweep_ray(repo: Path, trials: list[list[str]], name: str, address: str, cpus_per_trial: int,
+              retries: int, git_remote: str = "origin") -> list[Trial]:
+    """Run each trial as a Ray task on the cluster at `address`, then pull every trial's
+    experiment into `repo`."""
     url, commit = shared_remote(repo, git_remote)
     try:
         import ray
@@ -163,5 +259,5 @@ def sweep_ray(repo: Path, overrides: list[str], name: str, address: str, cpus_pe
             raise
     finally:
         ray.shutdown()
-    run(dvc("exp", "pull", "--force", git_remote, *done), repo)
+    run(dvc("exp", "pull", "--force", git_remote, *(trial.name for trial in done)), repo)
     return done

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
 import os
 import shutil
@@ -38,8 +39,11 @@ from stages.optimization import (
     make_schedule, plateau_callback, sample_weighting,
 )
 from stages.runtime import (
-    distribution_strategy, import_tensorflow, keras_verbosity, resolve_precision, seed_everything, worker_outputs,
+    distribution_strategy, import_tensorflow, keras_verbosity, resolve_precision, seed_everything, tf_config,
+    worker_outputs, workers_agree,
 )
+
+logger = logging.getLogger(__name__)
 
 TRAINING, FINE_TUNING = 0, 1
 # DVCLive logs here while training (watch it live); the stage copies it to reports/train at the end.
@@ -239,12 +243,19 @@ def dtype_policy(precision: str):
 def train(
     params: Params, prepared_dir: str | Path, augmented_dir: str | Path, model_path: str | Path,
     summary_path: str | Path, live_dir: str | Path, checkpoint_dir: str | Path, strategy=None,
-    callbacks: tuple = (),
+    callbacks: tuple = (), ray_address: str | None = None,
 ) -> dict:
     """Run the stage (resuming from `checkpoint_dir` when it holds this run's state); return
     the summary written to summary.json. `strategy` defaults to `distribution_strategy()`
     (several workers under TF_CONFIG: only the chief writes these paths, see `worker_outputs`);
-    `callbacks` are more Keras callbacks, called after the stage's own (benchmarks use them)."""
+    `callbacks` are more Keras callbacks, called after the stage's own (benchmarks use them).
+    With `train.workers` > 1 and no TF_CONFIG, Ray Train runs this function in that many workers
+    on the Ray cluster at `ray_address` (default: RAY_ADDRESS), setting TF_CONFIG in each."""
+    if params.train.workers > 1 and not tf_config():
+        from stages.multiworker import train_on_ray
+
+        paths = [prepared_dir, augmented_dir, model_path, summary_path, live_dir, checkpoint_dir]
+        return train_on_ray(train, params, paths, ray_address)
     with worker_outputs([model_path, summary_path, live_dir], Path(checkpoint_dir)) as paths:
         return train_with(params, prepared_dir, augmented_dir, *paths, strategy, callbacks)
 
@@ -274,6 +285,10 @@ def train_with(params: Params, prepared_dir: str | Path, augmented_dir: str | Pa
     key = fingerprint(settings, [train_x, train_y, val_x, val_y])
     folder.mkdir(parents=True, exist_ok=True)
     state = load_state(folder, key)
+    if not workers_agree(strategy, state.epochs_done if state else 0):
+        logger.warning("the workers' resume states are from different epochs (a worker stopped before "
+                       "saving its last one): training starts over")
+        state = None
     resumed_from = state.epochs_done if state else 0
     state = state or TrainingState(key)
 
