@@ -220,6 +220,7 @@ def experiments(run) -> dict[str, dict]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 @pytest.mark.tf
 def test_sweep_on_a_two_node_ray_cluster_survives_a_killed_worker(cluster, shared_project):
