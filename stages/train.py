@@ -40,7 +40,7 @@ from stages.optimization import (
 )
 from stages.runtime import (
     distribution_strategy, import_tensorflow, keras_verbosity, resolve_precision, seed_everything, tf_config,
-    worker_outputs, workers_agree,
+    worker_count, worker_outputs, workers_agree,
 )
 
 logger = logging.getLogger(__name__)
@@ -160,7 +160,10 @@ def steps_per_execution(steps_per_epoch: int) -> int:
     """The largest count up to MAX_STEPS_PER_EXECUTION that divides an epoch's steps. Keras
     counts an epoch in whole executions, and the training set streams every epoch's batches in
     one dataset: an execution that ran past the epoch's end would train on the next epoch's
-    batches (and break resume, which restarts at an epoch's first batch)."""
+    batches (and break resume, which restarts at an epoch's first batch). Several workers run
+    one step per call: Keras's multi-step loop fails under MultiWorkerMirroredStrategy."""
+    if worker_count() > 1:
+        return 1
     return max(count for count in range(1, MAX_STEPS_PER_EXECUTION + 1) if steps_per_epoch % count == 0)
 
 
