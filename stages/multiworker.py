@@ -1,9 +1,10 @@
 """Multi-worker training on a Ray cluster, through Ray Train's TensorflowTrainer.
 
 With `train.workers: N` (N > 1) and no TF_CONFIG of its own, the train stage asks the Ray
-cluster named by `cnnlab train --ray ADDRESS` or RAY_ADDRESS (Ray's own variable) for N workers, spread over its nodes. Ray Train writes TF_CONFIG
-in each worker, and each worker runs the train stage itself, in the project's folder, exactly
-as a process started by hand with that TF_CONFIG would: MultiWorkerMirroredStrategy,
+cluster named by `cnnlab train --ray ADDRESS` or RAY_ADDRESS (Ray's own variable) for N
+workers, spread over its nodes. Ray Train writes TF_CONFIG in each worker, and each worker
+runs the train stage itself, in the project's folder, exactly as a process started by hand
+with that TF_CONFIG would: MultiWorkerMirroredStrategy,
 `train.batch_size` the global batch, only the chief (worker 0) writing the model, summary,
 DVCLive logs and its checkpoints, the others their own resume state beside the chief's.
 

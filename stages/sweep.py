@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import itertools
 import math
 import os
 import random
@@ -123,17 +122,16 @@ def choose_trials(overrides: list[str], budget: int | None, seed: int) -> list[l
     once, when it is no larger)."""
     axes = search_space(overrides)
     continuous = [f"{axis.key}=interval({axis.low}, {axis.high})" for axis in axes if not axis.values]
-    if budget is None:
-        if continuous:
-            raise CnnlabError(f"sweep: {continuous[0]} is a continuous range, which has no grid; add --budget N "
-                              "(trials drawn from the ranges, --seed to vary them) or list values (a,b,c)")
-        return expand_grid(overrides)
+    if continuous and budget is None:
+        raise CnnlabError(f"sweep: {continuous[0]} is a continuous range, which has no grid; add --budget N "
+                          "(trials drawn from the ranges, --seed to vary them) or list values (a,b,c)")
     rng = random.Random(seed)
     if continuous:
         return [[axis.draw(rng) for axis in axes] for _ in range(budget)]
-    grid = [[f"{axis.path}:{axis.key}={value}" for axis, value in zip(axes, values)]
-            for values in itertools.product(*(axis.values for axis in axes))]
-    return grid if len(grid) <= budget else [grid[index] for index in sorted(rng.sample(range(len(grid)), budget))]
+    grid = expand_grid(overrides)
+    if budget is None or len(grid) <= budget:
+        return grid
+    return [grid[index] for index in sorted(rng.sample(range(len(grid)), budget))]
 
 
 def thread_environment(threads: int) -> dict[str, str]:

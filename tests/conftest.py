@@ -24,10 +24,10 @@ def pytest_collection_modifyitems(items) -> None:
         return next((index for index, marker in enumerate(("slow", "e2e", "tf"))
                      if item.get_closest_marker(marker)), 3)
 
-    file_rank: dict[str, int] = {}
+    file_rank: dict[Path, int] = {}
     for item in items:
-        file_rank[item.nodeid.split("::")[0]] = min(file_rank.get(item.nodeid.split("::")[0], 3), rank(item))
-    items.sort(key=lambda item: file_rank[item.nodeid.split("::")[0]])  # stable: a file stays together
+        file_rank[item.path] = min(file_rank.get(item.path, 3), rank(item))
+    items.sort(key=lambda item: file_rank[item.path])  # stable: a file stays together
 
 
 def run_cnnlab(*args: str, cwd: Path | str, check: bool = False, columns: int | None = None,
@@ -114,8 +114,7 @@ def reproduced(tmp_path_factory):
     change a project work on a copy (`reproduced_project`)."""
     run = new_dvc_project(tmp_path_factory.mktemp("reproduced") / "project")
     first = run("dvc", "repro")
-    assert re.findall(r"^Running stage '(\w+)'", first.stdout, flags=re.MULTILINE) == \
-        ["prepare", "augment", "train", "evaluate", "report"]
+    assert stages_run(first.stdout) == ["prepare", "augment", "train", "evaluate", "report"]
     run("git", "add", "-A")
     run("git", "commit", "-q", "-m", "baseline")
     return run
@@ -127,6 +126,11 @@ def reproduced_project(reproduced, tmp_path: Path):
     copy = tmp_path / "project"
     shutil.copytree(reproduced.path, copy, symlinks=True)
     return project_runner(copy)
+
+
+def stages_run(output: str) -> list[str]:
+    """The stages `dvc repro` / `dvc exp run` ran, in order, from its output."""
+    return re.findall(r"^Running stage '(\w+)'", output, flags=re.MULTILINE)
 
 
 def init_dvc_with_templates(run) -> None:

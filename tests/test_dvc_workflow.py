@@ -13,14 +13,10 @@ import time
 
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, stages_run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.tf, pytest.mark.slow]
 QUIET = ("WARNING", "ERROR", "failed", "Traceback")
-
-
-def stages_run(output: str) -> list[str]:
-    return re.findall(r"^Running stage '(\w+)'", output, flags=re.MULTILINE)
 
 
 def assert_quiet(result) -> None:

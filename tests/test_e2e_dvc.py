@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-
 import pytest
 
+from conftest import stages_run
+
 pytestmark = pytest.mark.e2e
-
-
-def stages_run(output: str) -> list[str]:
-    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
 
 
 def test_repro_caching_report_only_change_metrics_and_plots(reproduced_project):
