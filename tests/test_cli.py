@@ -45,6 +45,16 @@ def test_datasets_lists_sources_without_scikit_learn_or_tensorflow(tmp_path):
     assert imported_tensorflow(code, tmp_path) == []
 
 
+
+@pytest.mark.tf
+def test_tensorflow_loads_without_scikit_learn_which_still_imports_afterwards(tmp_path):
+    """Keras's scikit-learn wrappers would pull scikit-learn into every command that imports
+    TensorFlow; import_tensorflow hides scikit-learn while Keras loads."""
+    code = ("from stages.runtime import import_tensorflow\nimport_tensorflow()\nimport keras\n"
+            "assert not [m for m in sys.modules if m.startswith('sklearn')], 'scikit-learn imported'\n"
+            "from sklearn.metrics import confusion_matrix\nassert confusion_matrix([0, 1], [0, 1]).trace() == 2")
+    assert "tensorflow" in imported_tensorflow(code, tmp_path)
+
 @pytest.mark.parametrize(
     ("overrides", "key"),
     [
