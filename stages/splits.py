@@ -41,8 +41,6 @@ def stratified_holdout(
     `size` is a fraction or a count of images; every class keeps its share on both sides.
     A split that cannot be stratified is the user's to fix: say which key and why.
     """
-    from sklearn.model_selection import train_test_split  # here: scikit-learn takes seconds to import
-
     indices = np.asarray(indices)
     subset_labels = np.asarray(labels)[indices]
     counts = np.bincount(subset_labels, minlength=len(class_names))
@@ -60,10 +58,41 @@ def stratified_holdout(
             f"classes needs {classes} to {total - classes} images on that side (at least one image "
             "of each class on both sides); choose a value in that range"
         )
-    try:
-        kept, held_out = train_test_split(
-            indices, test_size=size, stratify=subset_labels, random_state=seed
-        )
-    except ValueError as error:  # a case the checks above missed: still the user's data
-        raise DataError(f"{key}={size}: cannot split {total} images stratified ({error})") from None
-    return kept, held_out
+    kept, held_out = stratified_shuffle_split(subset_labels, held, seed)
+    return indices[kept], indices[held_out]
+
+
+# The two functions below reproduce scikit-learn's train_test_split(..., test_size=n_test,
+# stratify=labels, random_state=seed) draw for draw (StratifiedShuffleSplit._iter_indices and
+# utils.extmath._approximate_mode of scikit-learn 1.9.1, BSD-3-Clause, (c) the scikit-learn
+# developers), so splits stay what they were without importing scikit-learn (over a second).
+def stratified_shuffle_split(labels: np.ndarray, n_test: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (train, test) in `labels`: `n_test` held out, each class in proportion, shuffled."""
+    _, class_ids, class_counts = np.unique(labels, return_inverse=True, return_counts=True)
+    members = np.split(np.argsort(class_ids, kind="stable"), np.cumsum(class_counts)[:-1])
+    rng = np.random.RandomState(seed)
+    train_counts = apportion(class_counts, len(labels) - n_test, rng)
+    test_counts = apportion(class_counts - train_counts, n_test, rng)
+    train, test = [], []
+    for class_members, n_train_i, n_test_i in zip(members, train_counts, test_counts):
+        shuffled = class_members[rng.permutation(len(class_members))]
+        train.append(shuffled[:n_train_i])
+        test.append(shuffled[n_train_i:n_train_i + n_test_i])
+    return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
+
+
+def apportion(counts: np.ndarray, draws: int, rng: np.random.RandomState) -> np.ndarray:
+    """`draws` shared out in proportion to `counts`: each class gets its share rounded down, and
+    the draws left go to the largest remainders, ties among them drawn at random."""
+    exact = counts / counts.sum() * draws
+    shares = np.floor(exact)
+    left = int(draws - shares.sum())
+    remainders = exact - shares
+    for value in np.unique(remainders)[::-1]:
+        if left <= 0:
+            break
+        tied = np.flatnonzero(remainders == value)
+        chosen = rng.choice(tied, size=min(len(tied), left), replace=False)
+        shares[chosen] += 1
+        left -= len(chosen)
+    return shares.astype(int)
