@@ -66,16 +66,31 @@ def test_a_failed_stage_loses_nothing_that_dvc_checkout_cannot_restore(project):
     assert project("git", "status", "--porcelain").stdout == ""
 
 
-def test_branch_switch_then_dvc_checkout_leaves_nothing_to_reproduce(project):
-    project("git", "checkout", "-q", "-b", "faster")
-    project("dvc", "exp", "run", "-q", "-S", "train.learning_rate=0.01")  # then commit it on the branch
+def test_branch_switches_leave_nothing_to_reproduce_and_a_run_seen_before_comes_back_from_the_run_cache(project):
+    """A user tries 2 epochs on a branch and commits it, switches back and forth with `dvc
+    checkout`, then runs the same params on main: DVC's run-cache restores them, no training."""
+    shutil.rmtree(project.path / ".cnnlab")  # no resume state: only the run-cache can avoid training
+    project("git", "checkout", "-q", "-b", "shorter")
+    started = time.perf_counter()
+    first = project("dvc", "exp", "run", "-S", "train.epochs=2")  # then commit it on the branch
+    trained_seconds = time.perf_counter() - started
+    assert "train" in stages_run(first.stdout)
     project("git", "add", "-A")
-    project("git", "commit", "-q", "-m", "learning rate 0.01")
-    for branch in ("main", "faster", "main"):
+    project("git", "commit", "-q", "-m", "2 epochs")
+    for branch in ("main", "shorter", "main"):
         project("git", "checkout", "-q", branch)
         assert_quiet(project("dvc", "checkout", check=False))
         assert stages_run(project("dvc", "repro", "--dry").stdout) == [], branch
         assert project("dvc", "status").stdout.strip() == "Data and pipelines are up to date.", branch
+
+    shutil.rmtree(project.path / ".cnnlab")
+    started = time.perf_counter()
+    again = project("dvc", "exp", "run", "-S", "train.epochs=2")
+    restored_seconds = time.perf_counter() - started
+    assert "Stage 'train' is cached - skipping run, checking out outputs" in again.stdout
+    assert "Stage 'evaluate' is cached" in again.stdout and "train" not in stages_run(again.stdout)
+    print(f"run-cache: trained in {trained_seconds:.1f} s, restored in {restored_seconds:.1f} s")
+    assert json.loads((project.path / "models" / "summary.json").read_text())["epochs_run"] == 2
 
 
 def test_identical_runs_give_identical_dvc_lock_and_committed_files(project):
@@ -90,25 +105,6 @@ def test_identical_runs_give_identical_dvc_lock_and_committed_files(project):
     assert sorted(changed) == ["md5", "md5", "size", "size"], diff  # one output's hash and size...
     hunk = project("git", "diff", "-U3", "dvc.lock").stdout
     assert "path: reports/report.md" in hunk, hunk  # ...and that output is the report
-
-
-def test_a_configuration_seen_before_comes_back_from_the_run_cache(project):
-    shutil.rmtree(project.path / ".cnnlab")  # no resume state: only the run-cache can avoid training
-    started = time.perf_counter()
-    first = project("dvc", "exp", "run", "-S", "train.epochs=2")
-    trained_seconds = time.perf_counter() - started
-    assert "train" in stages_run(first.stdout)
-    shutil.rmtree(project.path / ".cnnlab")
-    project("git", "checkout", "params.yaml", "dvc.lock")  # back to the baseline
-    assert_quiet(project("dvc", "checkout", check=False))
-
-    started = time.perf_counter()
-    again = project("dvc", "exp", "run", "-S", "train.epochs=2")
-    restored_seconds = time.perf_counter() - started
-    assert "Stage 'train' is cached - skipping run, checking out outputs" in again.stdout
-    assert "Stage 'evaluate' is cached" in again.stdout and "train" not in stages_run(again.stdout)
-    print(f"run-cache: trained in {trained_seconds:.1f} s, restored in {restored_seconds:.1f} s")
-    assert json.loads((project.path / "models" / "summary.json").read_text())["epochs_run"] == 2
 
 
 def test_exp_run_round_trip_of_an_unchanged_value_is_no_change(project):
