@@ -24,6 +24,7 @@ from stages.compare import (
     parse_experiments,
     per_class_f1_diff,
     per_class_tests,
+    sign_test_p_value,
     verdict,
     verdict_summary,
 )
@@ -77,6 +78,16 @@ def test_mcnemar_counts_only_the_images_whose_correctness_changed():
     assert set(per_class_tests(old, new)) == {"a", "b", "c"}
     assert per_class_tests(old, new)["a"].fixed == 3  # the wrong images are cats of class a
 
+
+
+@pytest.mark.parametrize("changed", [0, 1, 2, 7, 40, 301, 2000])
+def test_the_exact_sign_test_equals_scipys_binomial_test(changed):
+    from scipy.stats import binomtest
+
+    for fixed in sorted({0, 1, changed // 3, changed // 2, changed - 1, changed} - {-1}):
+        broken = changed - fixed
+        expected = binomtest(min(fixed, broken), changed).pvalue if changed else 1.0
+        assert sign_test_p_value(fixed, broken) == pytest.approx(min(1.0, expected), rel=1e-9, abs=1e-300)
 
 def test_float_noise_and_changes_the_test_set_cannot_resolve_are_no_change():
     assert verdict("loss", 0.0891262, 0.0891262 + 1e-8) == "no change"        # another CPU
