@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 
@@ -30,11 +31,12 @@ def test_help_and_cli_import_do_not_load_tensorflow(tmp_path):
     assert imported_tensorflow(code, tmp_path) == []
 
 
-def test_prepare_and_report_run_without_tensorflow(tmp_path):
+def test_prepare_and_report_run_without_tensorflow_and_prepare_without_scikit_learn(tmp_path):
     write_params(tmp_path, {})
-    code = "from stages.cli import app\ntry:\n    app(['prepare'])\nexcept SystemExit as e:\n    assert e.code == 0, e.code"
+    code = ("from stages.cli import app\ntry:\n    app(['prepare'])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+            "assert 'sklearn' not in sys.modules, 'scikit-learn was imported'")
     assert imported_tensorflow(code, tmp_path) == []
-    assert (tmp_path / "data" / "prepared" / "meta.json").is_file()
+    assert json.loads((tmp_path / "data" / "prepared" / "meta.json").read_text())["splits"]["test"] == 270
     assert imported_tensorflow("import stages.report, stages.compare", tmp_path) == []
 
 
