@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from filelock import FileLock
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN_DIR = Path(sys.executable).parent  # the venv's bin: cnnlab and dvc live here
@@ -56,8 +57,11 @@ def write_params(folder: Path, overrides: dict) -> Path:
     return path
 
 
-# Small enough for seconds of training, big enough to learn digits well.
-FAST_PARAMS = {"train": {"epochs": 3, "batch_size": 32, "learning_rate": 0.005}, "model": {"conv_filters": [8, 16], "dense_units": [16]}}
+# Small enough for seconds of training, big enough to learn digits well; evaluate draws every
+# figure, with fewer panels (matplotlib spends about 40 ms per panel).
+FAST_PARAMS = {"train": {"epochs": 3, "batch_size": 32, "learning_rate": 0.005},
+               "model": {"conv_filters": [8, 16], "dense_units": [16]},
+               "evaluate": {"misclassified_images": 5, "feature_map_layers": 1}}
 
 
 def copy_repository_pipeline(project: Path) -> None:
@@ -108,16 +112,25 @@ def dvc_project(tmp_path: Path):
 
 
 @pytest.fixture(scope="session")
-def reproduced(tmp_path_factory):
+def reproduced(tmp_path_factory, worker_id):
     """A git + DVC project of this repository's pipeline after a first `dvc repro` (all five
-    stages ran), committed on main as "baseline". Built once per test process; tests that
-    change a project work on a copy (`reproduced_project`)."""
-    run = new_dvc_project(tmp_path_factory.mktemp("reproduced") / "project")
-    first = run("dvc", "repro")
-    assert stages_run(first.stdout) == ["prepare", "augment", "train", "evaluate", "report"]
-    run("git", "add", "-A")
-    run("git", "commit", "-q", "-m", "baseline")
-    return run
+    stages ran), committed on main as "baseline". Built once for the whole run: the first
+    pytest-xdist worker to ask builds it while the others wait on a file lock. Nobody changes
+    it: tests work on a copy (`reproduced_project`, `trained_digits`)."""
+    shared = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        shared = shared.parent  # the folder every worker's own temporary folder is in
+    project, built = shared / "reproduced" / "project", shared / "reproduced.built"
+    with FileLock(shared / "reproduced.lock"):
+        if not built.exists():
+            shutil.rmtree(project.parent, ignore_errors=True)  # what a failed build left
+            run = new_dvc_project(project)
+            first = run("dvc", "repro")
+            assert stages_run(first.stdout) == ["prepare", "augment", "train", "evaluate", "report"]
+            run("git", "add", "-A")
+            run("git", "commit", "-q", "-m", "baseline")
+            built.touch()
+    return project_runner(project)
 
 
 @pytest.fixture
@@ -148,18 +161,23 @@ def prepared_folder(folder: Path, params: dict) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
-def trained_digits(tmp_path_factory) -> Path:
-    """A folder where prepare -> augment -> train -> evaluate ran on digits with FAST_PARAMS.
+# What the stages wrote in a reproduced project, without git, DVC and the pipeline's definition.
+PIPELINE_FILES = (".git", ".dvc", ".dvcignore", ".gitignore", "dvc.yaml", "dvc.lock", "stages")
 
-    Trained once per session (about 20 s) for the tests that need a real model and the
-    evaluate stage's predictions (predict, export). Tests must not modify it.
-    """
-    folder = tmp_path_factory.mktemp("trained_digits")
-    write_params(folder, FAST_PARAMS)
-    for command in (["prepare"], ["augment"], ["train"], ["evaluate"]):
-        run_cnnlab(*command, cwd=folder, check=True)
-    return folder
+
+def working_copy(source: Path, destination: Path) -> Path:
+    """A plain folder with `source`'s params.yaml and the stages' outputs (data/, models/,
+    reports/): the project as `cnnlab` commands run without DVC see it."""
+    return Path(shutil.copytree(source, destination, ignore=lambda folder, names: [
+        name for name in names if Path(folder) == source and name in PIPELINE_FILES]))
+
+
+@pytest.fixture(scope="session")
+def trained_digits(reproduced, tmp_path_factory) -> Path:
+    """A folder where prepare -> augment -> train -> evaluate (and report) ran on digits with
+    FAST_PARAMS: the `reproduced` project's outputs, for the tests that need a real model and
+    the evaluate stage's predictions (predict, export). Tests must not modify it."""
+    return working_copy(reproduced.path, tmp_path_factory.mktemp("trained_digits") / "project")
 
 
 def error_line(result: subprocess.CompletedProcess, exit_code: int = 2) -> str:
