@@ -24,10 +24,12 @@ repro: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 # One pytest worker per core (pytest-xdist); a test file's tests stay on one worker, so the
-# trained projects a module shares are built once. `make test WORKERS=1` runs them in order.
+# trained projects a module shares are built once. Files start in tests/conftest.py's order,
+# slowest first (--no-loadscope-reorder: xdist would otherwise start the files with the most
+# tests first). `make test WORKERS=1` runs them in one process.
 WORKERS ?= auto
 test: install
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n $(WORKERS) --dist loadfile
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n $(WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not tf and not e2e"

@@ -145,6 +145,7 @@ def test_two_workers_resume_together_match_one_worker_and_only_the_chief_writes(
     assert_same_training(one_worker, double)
 
 
+@pytest.mark.slow
 @pytest.mark.tf
 @pytest.mark.e2e
 def test_ray_train_launches_the_workers_and_matches_one_worker(prepared, one_worker, cluster):
