@@ -100,7 +100,8 @@ def test_top_k_accuracy_ranks_ties_as_scikit_learn_does():
 def test_top_k_accuracy_on_exact_ties():
     probabilities = np.array([[0.25, 0.25, 0.25, 0.25], [0.5, 0.5, 0.0, 0.0]])
     assert metrics.top_k_accuracy(np.array([3, 0]), probabilities, 1) == 0.5  # the higher index wins a tie
-    assert metrics.top_k_accuracy(np.array([0, 0]), np.array([[0.5, 0.5], [0.4, 0.6]]), 1) == 0.5  # two classes: P(1) > 0.5
+    # two classes: class 1 when P(1) > 0.5, so the tie goes to class 0 (the first image is right)
+    assert metrics.top_k_accuracy(np.array([0, 0]), np.array([[0.5, 0.5], [0.4, 0.6]]), 1) == 0.5
 
 
 def test_precision_recall_f1_support_per_class_and_averaged():
