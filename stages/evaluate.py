@@ -5,7 +5,7 @@ Writes (DVC metrics and plots, committed; dvc.yaml says how DVC draws each):
                                              weighted precision/recall/F1; ROC AUC and average
                                              precision for binary tasks), number of test images,
                                              each to 4 significant digits
-    reports/evaluation/per_class.csv         class, precision, recall, f1, support (scikit-learn)
+    reports/evaluation/per_class.csv         class, precision, recall, f1, support (stages/metrics.py)
     reports/evaluation/confusion.csv         one `actual,predicted` row per test image, in test-set
                                              order (DVC's confusion plot; `cnnlab compare` pairs
                                              two revisions' rows for McNemar's test)
@@ -28,23 +28,24 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import (
-    accuracy_score,
-    average_precision_score,
-    confusion_matrix,
-    log_loss,
-    precision_recall_curve,
-    precision_recall_fscore_support,
-    roc_auc_score,
-    roc_curve,
-    top_k_accuracy_score,
-)
 
 from stages import gradcam, plots
 from stages.artifacts import META_FILE, read_meta, read_model, read_split
 from stages.calibration import expected_calibration_error, reliability_table, threshold_table
 from stages.config import EvaluateParams
 from stages.io import atomic_dir, rounded, write_json
+from stages.metrics import (
+    accuracy,
+    average_precision,
+    averaged,
+    confusion_matrix,
+    log_loss,
+    precision_recall_curve,
+    precision_recall_f1,
+    roc_auc,
+    roc_curve,
+    top_k_accuracy,
+)
 
 FIGURES_DIR = "figures"
 # Feature-map figures show at most this many channels per layer (the first ones).
@@ -57,44 +58,34 @@ def classification_metrics(
     labels: np.ndarray, probabilities: np.ndarray, class_names: list[str], top_k: int = 1
 ) -> dict:
     """Headline metrics from true labels and predicted class probabilities (N, num_classes)."""
-    class_ids = list(range(len(class_names)))
     predicted = probabilities.argmax(axis=1)
-    binary = len(class_names) == 2
-    # scikit-learn scores a binary task by the positive class's probability alone.
-    scores = probabilities[:, 1] if binary else probabilities
     k = min(top_k, len(class_names))
-    # With k = the number of classes every image is "right" (scikit-learn warns it is meaningless).
-    top_k_accuracy = top_k_accuracy_score(labels, scores, k=k, labels=class_ids) if k < len(class_names) else 1.0
     metrics = {
-        "accuracy": float(accuracy_score(labels, predicted)),
-        "loss": float(log_loss(labels, probabilities, labels=class_ids)),
-        "top_k_accuracy": float(top_k_accuracy),
+        "accuracy": accuracy(labels, predicted),
+        "loss": log_loss(labels, probabilities),
+        "top_k_accuracy": top_k_accuracy(labels, probabilities, k),
     }
+    precision, recall, f1, support = precision_recall_f1(labels, predicted, len(class_names))
     for average in ("macro", "weighted"):
-        precision, recall, f1, _ = precision_recall_fscore_support(
-            labels, predicted, labels=class_ids, average=average, zero_division=0
-        )
-        metrics.update({f"precision_{average}": float(precision), f"recall_{average}": float(recall),
-                        f"f1_{average}": float(f1)})
-    if binary and len(np.unique(labels)) == 2:  # both undefined when the test set has one class
-        metrics["roc_auc"] = float(roc_auc_score(labels, scores))
-        metrics["average_precision"] = float(average_precision_score(labels, scores))
+        metrics.update({f"{name}_{average}": averaged(scores, support, average)
+                        for name, scores in (("precision", precision), ("recall", recall), ("f1", f1))})
+    if len(class_names) == 2 and len(np.unique(labels)) == 2:  # both undefined when the test set has one class
+        metrics["roc_auc"] = roc_auc(labels == 1, probabilities[:, 1])
+        metrics["average_precision"] = average_precision(labels == 1, probabilities[:, 1])
     metrics["top_k"] = k
     metrics["test_images"] = int(len(labels))
     return metrics
 
 
 def per_class_table(labels: np.ndarray, predicted: np.ndarray, class_names: list[str]) -> pd.DataFrame:
-    precision, recall, f1, support = precision_recall_fscore_support(
-        labels, predicted, labels=list(range(len(class_names))), zero_division=0
-    )
+    precision, recall, f1, support = precision_recall_f1(labels, predicted, len(class_names))
     return pd.DataFrame({"class": class_names, "precision": precision, "recall": recall,
                          "f1": f1, "support": support})
 
 
 def confusion_tables(labels: np.ndarray, predicted: np.ndarray, class_names: list[str]):
     """The counts matrix (class names on both axes) and one actual/predicted row per image."""
-    counts = confusion_matrix(labels, predicted, labels=list(range(len(class_names))))
+    counts = confusion_matrix(labels, predicted, len(class_names))
     matrix = pd.DataFrame(counts, index=pd.Index(class_names, name="actual"), columns=class_names)
     names = np.asarray(class_names, dtype=object)
     rows = pd.DataFrame({"actual": names[labels], "predicted": names[predicted]})

@@ -31,13 +31,15 @@ def test_help_and_cli_import_do_not_load_tensorflow(tmp_path):
     assert imported_tensorflow(code, tmp_path) == []
 
 
-def test_prepare_and_report_run_without_tensorflow_and_prepare_without_scikit_learn(tmp_path):
+def test_prepare_runs_and_report_and_evaluate_load_without_tensorflow_or_scikit_learn(tmp_path):
     write_params(tmp_path, {})
     code = ("from stages.cli import app\ntry:\n    app(['prepare'])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
             "assert 'sklearn' not in sys.modules, 'scikit-learn was imported'")
     assert imported_tensorflow(code, tmp_path) == []
     assert json.loads((tmp_path / "data" / "prepared" / "meta.json").read_text())["splits"]["test"] == 270
-    assert imported_tensorflow("import stages.report, stages.compare", tmp_path) == []
+    # evaluate imports TensorFlow only to predict, scikit-learn never (stages/metrics.py)
+    assert imported_tensorflow("import stages.report, stages.compare, stages.evaluate\n"
+                               "assert 'sklearn' not in sys.modules, 'scikit-learn was imported'", tmp_path) == []
 
 
 def test_datasets_lists_sources_without_scikit_learn_or_tensorflow(tmp_path):
