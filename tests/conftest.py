@@ -111,34 +111,75 @@ def dvc_project(tmp_path: Path):
     return new_dvc_project(tmp_path / "project")
 
 
-@pytest.fixture(scope="session")
-def reproduced(tmp_path_factory, worker_id):
-    """A git + DVC project of this repository's pipeline after a first `dvc repro` (all five
-    stages ran), committed on main as "baseline". Built once for the whole run: the first
+def built_once(tmp_path_factory, worker_id: str, name: str, build) -> Path:
+    """The folder `name`, made by `build(folder)` once for the whole test run: the first
     pytest-xdist worker to ask builds it while the others wait on a file lock. Nobody changes
-    it: tests work on a copy (`reproduced_project`, `trained_digits`)."""
+    it afterwards: tests work on copies."""
     shared = tmp_path_factory.getbasetemp()
     if worker_id != "master":
         shared = shared.parent  # the folder every worker's own temporary folder is in
-    project, built = shared / "reproduced" / "project", shared / "reproduced.built"
-    with FileLock(shared / "reproduced.lock"):
+    folder, built = shared / name / "project", shared / f"{name}.built"
+    with FileLock(shared / f"{name}.lock"):
         if not built.exists():
-            shutil.rmtree(project.parent, ignore_errors=True)  # what a failed build left
-            run = new_dvc_project(project)
-            first = run("dvc", "repro")
-            assert stages_run(first.stdout) == ["prepare", "augment", "train", "evaluate", "report"]
-            run("git", "add", "-A")
-            run("git", "commit", "-q", "-m", "baseline")
+            shutil.rmtree(folder.parent, ignore_errors=True)  # what a failed build left
+            build(folder)
             built.touch()
-    return project_runner(project)
+    return folder
+
+
+def copy_of_project(source: Path, destination: Path):
+    """A copy of a git + DVC project (its DVC cache, run-cache and experiments included) and its runner."""
+    return project_runner(Path(shutil.copytree(source, destination, symlinks=True)))
+
+
+def reproduce_baseline(project: Path) -> None:
+    run = new_dvc_project(project)
+    first = run("dvc", "repro")
+    assert stages_run(first.stdout) == ["prepare", "augment", "train", "evaluate", "report"]
+    run("git", "add", "-A")
+    run("git", "commit", "-q", "-m", "baseline")
+
+
+@pytest.fixture(scope="session")
+def reproduced(tmp_path_factory, worker_id):
+    """A git + DVC project of this repository's pipeline after a first `dvc repro` (all five
+    stages ran), committed on main as "baseline". Built once for the whole run; tests work on a
+    copy (`reproduced_project`, `trained_digits`)."""
+    return project_runner(built_once(tmp_path_factory, worker_id, "reproduced", reproduce_baseline))
 
 
 @pytest.fixture
 def reproduced_project(reproduced, tmp_path: Path):
-    """A copy of the `reproduced` project (its DVC cache and run-cache included), for one test."""
-    copy = tmp_path / "project"
-    shutil.copytree(reproduced.path, copy, symlinks=True)
-    return project_runner(copy)
+    """A copy of the `reproduced` project, for one test."""
+    return copy_of_project(reproduced.path, tmp_path / "project")
+
+
+# The experiment users try first beside a baseline: another optimizer and schedule, batch
+# normalization, online augmentation. Each -S is one param, as `dvc exp run` takes them.
+EXPERIMENT = {"train.optimizer": "nadam", "train.schedule": "cosine", "train.patience": "5",
+              "model.batch_norm": "true", "augment.mode": "online", "augment.rotation": "15"}
+
+
+@pytest.fixture(scope="session")
+def experimented(reproduced, tmp_path_factory, worker_id):
+    """The `reproduced` project after `dvc exp run -n tuned` with every EXPERIMENT param set
+    (stages from augment on ran): the experiment's results in the workspace, its params in
+    params.yaml, the baseline committed. Run once for the whole test run; tests work on a copy
+    (`experimented_project`) and check what concerns them: compare (optimizer), train (schedule,
+    batch norm), augment (online mode)."""
+    def run_experiment(project: Path) -> None:
+        run = copy_of_project(reproduced.path, project)
+        switches = [argument for key, value in EXPERIMENT.items() for argument in ("-S", f"{key}={value}")]
+        ran = run("dvc", "exp", "run", "-n", "tuned", *switches)
+        assert stages_run(ran.stdout) == ["augment", "train", "evaluate", "report"], ran.stdout
+
+    return project_runner(built_once(tmp_path_factory, worker_id, "experimented", run_experiment))
+
+
+@pytest.fixture
+def experimented_project(experimented, tmp_path: Path):
+    """A copy of the `experimented` project, for one test."""
+    return copy_of_project(experimented.path, tmp_path / "project")
 
 
 def stages_run(output: str) -> list[str]:

@@ -24,7 +24,7 @@ def test_repro_caching_report_only_change_metrics_and_plots(reproduced_project):
     assert (run.path / "reports" / "report.md").read_text().startswith("# Digits review")
     run("git", "commit", "-qam", "retitle report")
 
-    # (Experiments and `dvc exp show`: tests/test_compare.py, on this same reproduced project.)
+    # (Experiments and `dvc exp show`: tests/test_compare.py, on conftest's experiment beside this baseline.)
     metrics = run("dvc", "metrics", "show", "--json")
     assert "accuracy" in metrics.stdout
     plots = run("dvc", "plots", "show", "--json")
