@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
 from stages import plots
+from stages.cli import app
 from stages.calibration import expected_calibration_error, reliability_table, threshold_table
 from conftest import REPO_ROOT, project_runner, run_cnnlab, write_params
 
@@ -106,12 +108,26 @@ def make_artifacts(root: Path, layers: bool = True, preview: bool = True) -> lis
             "--evaluation", "reports/evaluation", "--live-dir", "reports/train", "--output", "reports/report.md"]
 
 
+@pytest.fixture
+def report_command(monkeypatch):
+    """report_command(arguments, folder): `cnnlab report ...` run in `folder` within this test's
+    process, through the same typer app, sparing a fresh interpreter's second of imports each
+    time. Fresh interpreters stay where the process is what is tested: exit codes and error
+    lines, and that no TensorFlow is imported."""
+    def run(arguments: list[str], folder: Path) -> None:
+        monkeypatch.chdir(folder)
+        result = CliRunner().invoke(app, arguments, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+
+    return run
+
+
 def linked_images(markdown: str) -> list[str]:
     return re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
 
 
-def test_report_has_every_section_and_every_linked_image_exists(tmp_path):
-    run_cnnlab(*make_artifacts(tmp_path), cwd=tmp_path, check=True)
+def test_report_has_every_section_and_every_linked_image_exists(tmp_path, report_command):
+    report_command(make_artifacts(tmp_path), tmp_path)
     report = tmp_path / "reports" / "report.md"
     markdown = report.read_text()
 
@@ -127,8 +143,8 @@ def test_report_has_every_section_and_every_linked_image_exists(tmp_path):
         assert (report.parent / link).read_bytes().startswith(b"\x89PNG")
 
 
-def test_report_content_what_was_trained_metrics_and_diagnosis(tmp_path):
-    run_cnnlab(*make_artifacts(tmp_path), cwd=tmp_path, check=True)
+def test_report_content_what_was_trained_metrics_and_diagnosis(tmp_path, report_command):
+    report_command(make_artifacts(tmp_path), tmp_path)
     markdown = (tmp_path / "reports" / "report.md").read_text()
 
     for expected in ("shapes (synthetic test shapes)", "8 x 8 x 1", "3: circle, square, triangle",
@@ -152,21 +168,21 @@ def test_report_content_what_was_trained_metrics_and_diagnosis(tmp_path):
     assert "overfit_gap = 5.0 points" in markdown
 
 
-def test_report_is_byte_identical_when_run_twice(tmp_path):
+def test_report_is_byte_identical_when_run_twice(tmp_path, report_command):
     arguments = make_artifacts(tmp_path)
-    run_cnnlab(*arguments, cwd=tmp_path, check=True)
+    report_command(arguments, tmp_path)
     report = tmp_path / "reports" / "report.md"
     first = report.read_bytes()
     first_figures = {path.name: path.read_bytes() for path in (tmp_path / "reports" / "figures").iterdir()}
-    run_cnnlab(*arguments, cwd=tmp_path, check=True)
+    report_command(arguments, tmp_path)
     assert report.read_bytes() == first
     assert {path.name: path.read_bytes() for path in (tmp_path / "reports" / "figures").iterdir()} == first_figures
     assert sorted(first_figures) == ["augmentation_preview.png", "reliability.png", "samples.png",
                                      "training_curves.png"]
 
 
-def test_report_without_layer_table_or_preview_omits_them(tmp_path):
-    run_cnnlab(*make_artifacts(tmp_path, layers=False, preview=False), cwd=tmp_path, check=True)
+def test_report_without_layer_table_or_preview_omits_them(tmp_path, report_command):
+    report_command(make_artifacts(tmp_path, layers=False, preview=False), tmp_path)
     markdown = (tmp_path / "reports" / "report.md").read_text()
     assert "### Model summary" not in markdown
     assert "Augmentation preview" not in markdown
@@ -175,10 +191,10 @@ def test_report_without_layer_table_or_preview_omits_them(tmp_path):
         assert (tmp_path / "reports" / link).is_file()
 
 
-def test_report_thresholds_come_from_params(tmp_path):
+def test_report_thresholds_come_from_params(tmp_path, report_command):
     arguments = make_artifacts(tmp_path)
     write_params(tmp_path, {"report": {"overfit_gap": 0.25}})  # the 17-point gap is now acceptable
-    run_cnnlab(*arguments, cwd=tmp_path, check=True)
+    report_command(arguments, tmp_path)
     assert "**Good fit**" in (tmp_path / "reports" / "report.md").read_text()
 
     write_params(tmp_path, {"report": {"overfit_gap": 1.5}})
@@ -215,8 +231,8 @@ def section(markdown: str, heading: str) -> str:
     return markdown[start:min([end for end in ends if end >= 0] or [len(markdown)])]
 
 
-def test_calibration_thresholds_and_grad_cam_sections(tmp_path):
-    run_cnnlab(*make_artifacts(tmp_path), cwd=tmp_path, check=True)
+def test_calibration_thresholds_and_grad_cam_sections(tmp_path, report_command):
+    report_command(make_artifacts(tmp_path), tmp_path)
     markdown = (tmp_path / "reports" / "report.md").read_text()
     metrics = json.loads((tmp_path / "reports" / "metrics.json").read_text())
 
@@ -230,7 +246,7 @@ def test_calibration_thresholds_and_grad_cam_sections(tmp_path):
     assert "evaluation/figures/gradcam_mistakes.png" in section(markdown, "### Grad-CAM")
 
 
-def test_grad_cam_note_for_a_model_without_convolutional_layers(tmp_path):
+def test_grad_cam_note_for_a_model_without_convolutional_layers(tmp_path, report_command):
     arguments = make_artifacts(tmp_path)
     (tmp_path / "reports" / "evaluation" / "figures" / "gradcam_mistakes.png").unlink()
     summary_path = tmp_path / "models" / "summary.json"
@@ -238,13 +254,13 @@ def test_grad_cam_note_for_a_model_without_convolutional_layers(tmp_path):
     summary["architecture"] = "mlp"
     summary["layers"] = [layer for layer in LAYERS if layer["type"] != "Conv2D"]
     summary_path.write_text(json.dumps(summary))
-    run_cnnlab(*arguments, cwd=tmp_path, check=True)
+    report_command(arguments, tmp_path)
     grad_cam = section((tmp_path / "reports" / "report.md").read_text(), "### Grad-CAM")
     assert "Not drawn: the model (mlp) has no convolutional layer" in grad_cam
 
 
-def test_params_body_lists_only_values_that_differ_from_the_defaults(tmp_path):
-    run_cnnlab(*make_artifacts(tmp_path), cwd=tmp_path, check=True)
+def test_params_body_lists_only_values_that_differ_from_the_defaults(tmp_path, report_command):
+    report_command(make_artifacts(tmp_path), tmp_path)
     markdown = (tmp_path / "reports" / "report.md").read_text()
     body, full = section(markdown, "### Params that differ from cnnlab's defaults").split("<details>")
     assert re.search(r"\| train.optimizer +\| rmsprop +\| adam +\|", body)  # adam is the default
@@ -268,9 +284,9 @@ def committed_run(tmp_path):
     return tmp_path, arguments
 
 
-def test_identical_run_against_the_base_revision_is_no_change(committed_run):
+def test_identical_run_against_the_base_revision_is_no_change(committed_run, report_command):
     folder, arguments = committed_run
-    run_cnnlab(*arguments, cwd=folder, check=True)
+    report_command(arguments, folder)
     markdown = (folder / "reports" / "report.md").read_text()
     screen = first_screen(markdown)
     assert "## Test results (against `main`)" in screen
@@ -281,7 +297,7 @@ def test_identical_run_against_the_base_revision_is_no_change(committed_run):
     assert "figures/training_curves.png" in screen
 
 
-def test_changed_run_shows_deltas_per_class_changes_and_the_verdict(committed_run):
+def test_changed_run_shows_deltas_per_class_changes_and_the_verdict(committed_run, report_command):
     folder, arguments = committed_run
     evaluation = folder / "reports" / "evaluation"
     # The new model gets every triangle right: 2 of 9 images fixed, none broken.
@@ -292,7 +308,7 @@ def test_changed_run_shows_deltas_per_class_changes_and_the_verdict(committed_ru
     per_class.to_csv(evaluation / "per_class.csv", index=False)
     metrics_path = folder / "reports" / "metrics.json"
     metrics_path.write_text(json.dumps({**json.loads(metrics_path.read_text()), "accuracy": 1.0, "f1_macro": 1.0}))
-    run_cnnlab(*arguments, cwd=folder, check=True)
+    report_command(arguments, folder)
     markdown = (folder / "reports" / "report.md").read_text()
 
     screen = first_screen(markdown)
@@ -304,10 +320,10 @@ def test_changed_run_shows_deltas_per_class_changes_and_the_verdict(committed_ru
                      r"+\+0\.5385 \| +3 \| no change", per_class_table)
 
 
-def test_base_revision_that_does_not_exist_is_silently_skipped(committed_run):
+def test_base_revision_that_does_not_exist_is_silently_skipped(committed_run, report_command):
     folder, arguments = committed_run
     write_params(folder, {"report": {"base_rev": "no-such-branch"}})
-    run_cnnlab(*arguments, cwd=folder, check=True)
+    report_command(arguments, folder)
     markdown = (folder / "reports" / "report.md").read_text()
     assert "## Test results\n" in markdown and "Verdict" not in markdown
     assert re.search(r"\| accuracy +\| +0\.7778 \|\n", markdown)
