@@ -41,27 +41,32 @@ def import_tensorflow():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     quiet = os.environ["TF_CPP_MIN_LOG_LEVEL"] not in ("0", "1")
     with status("importing TensorFlow"), native_stderr_silenced() if quiet else contextlib.nullcontext(), \
-            scikit_learn_hidden():
+            keras_optional_modules_hidden():
         import tensorflow as tf
 
     return tf
 
 
+# Keras imports these at start-up for features cnnlab never uses: scikit-learn for its
+# scikit-learn wrappers (SciPy's statistics with it), matplotlib for keras.visualization, pandas
+# so that fit() accepts DataFrames.
+KERAS_OPTIONAL_MODULES = ("sklearn", "matplotlib", "pandas")
+
+
 @contextlib.contextmanager
-def scikit_learn_hidden():
-    """Keras imports scikit-learn (and with it SciPy's statistics) at start-up for its
-    scikit-learn wrappers, which cnnlab never uses: about 0.8 s of every command that imports
-    TensorFlow. While the block runs, `import sklearn` fails as if it were not installed (Keras
-    then skips its wrappers); afterwards a stage imports scikit-learn as usual."""
-    if "sklearn" in sys.modules:
-        yield
-        return
-    sys.modules["sklearn"] = None  # the import system's "not importable" marker
+def keras_optional_modules_hidden():
+    """While the block runs, importing a KERAS_OPTIONAL_MODULES module not yet imported fails as
+    if it were not installed (Keras then skips what needs it); afterwards a stage imports it as
+    usual. A module already imported stays as it is."""
+    hidden = [name for name in KERAS_OPTIONAL_MODULES if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # the import system's "not importable" marker
     try:
         yield
     finally:
-        if sys.modules.get("sklearn", 0) is None:
-            del sys.modules["sklearn"]
+        for name in hidden:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]
 
 
 def seed_everything(seed: int) -> None:

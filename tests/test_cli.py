@@ -51,13 +51,17 @@ def test_datasets_lists_sources_without_scikit_learn_or_tensorflow(tmp_path):
 
 
 @pytest.mark.tf
-def test_tensorflow_loads_without_scikit_learn_which_still_imports_afterwards(tmp_path):
-    """Keras's scikit-learn wrappers would pull scikit-learn into every command that imports
-    TensorFlow; import_tensorflow hides scikit-learn while Keras loads."""
+def test_tensorflow_loads_without_keras_optional_modules_which_still_import_afterwards(tmp_path):
+    """Keras would pull scikit-learn (its scikit-learn wrappers), matplotlib and pandas into
+    every command that imports TensorFlow; import_tensorflow hides them while Keras loads, and
+    a stage that needs one imports it afterwards as usual."""
     code = ("from stages.runtime import import_tensorflow\nimport_tensorflow()\nimport keras\n"
-            "assert not [m for m in sys.modules if m.startswith('sklearn')], 'scikit-learn imported'\n"
-            "from sklearn.metrics import confusion_matrix\nassert confusion_matrix([0, 1], [0, 1]).trace() == 2")
+            "loaded = sorted({m.split('.')[0] for m in sys.modules} & {'sklearn', 'matplotlib', 'pandas'})\n"
+            "assert not loaded, loaded\n"
+            "from sklearn.metrics import confusion_matrix\nassert confusion_matrix([0, 1], [0, 1]).trace() == 2\n"
+            "import pandas, matplotlib.pyplot\nassert pandas.DataFrame({'a': [1]}).shape == (1, 1)")
     assert "tensorflow" in imported_tensorflow(code, tmp_path)
+
 
 @pytest.mark.parametrize(
     ("overrides", "key"),
