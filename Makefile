@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# uv installs the lock's wheels in parallel (pip took about twice as long); its version is the lock's own pin.
+UV_VERSION := $(shell sed -n 's/^uv==//p' requirements.lock)
+UV := $(BIN)/uv pip --no-progress --python $(BIN)/python
 
 .PHONY: install repro test test-fast lock lock-check clean params-table
 
@@ -14,8 +17,9 @@ $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -c 'import sys; v = sys.version_info[:2]; \
 	sys.exit(None if (3, 11) <= v <= (3, 13) else "cnnlab needs Python 3.11, 3.12 or 3.13; $(PYTHON) is %d.%d: run `make PYTHON=python3.13 ...`" % v)'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+	$(UV) install --quiet -r requirements.lock
+	$(UV) install --quiet --no-deps -e .
 	touch $(STAMP)
 
 # Validate params.yaml first, so a typo stops here with one line before DVC touches anything.
@@ -38,7 +42,7 @@ test-fast: install
 # Python, keeping today's pins where they still fit (`make lock LOCK_FLAGS=--upgrade` to refresh all).
 lock:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet --disable-pip-version-check "uv>=0.5"
+	test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
 	$(BIN)/uv pip compile pyproject.toml --extra test --extra ray --extra export --universal --python-version 3.11 \
 	    --no-python-downloads --custom-compile-command "make lock" --quiet $(LOCK_FLAGS) -o requirements.lock
 
