@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # uv installs the lock's wheels in parallel (pip took about twice as long); its version is the lock's own pin.
 UV_VERSION := $(shell sed -n 's/^uv==//p' requirements.lock)
-UV := $(BIN)/uv pip --no-progress --python $(BIN)/python
+UV_INSTALL := $(BIN)/uv pip install --no-progress --quiet --python $(BIN)/python
 
 .PHONY: install repro test test-fast lock lock-check clean params-table
 
@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml requirements.lock
 	sys.exit(None if (3, 11) <= v <= (3, 13) else "cnnlab needs Python 3.11, 3.12 or 3.13; $(PYTHON) is %d.%d: run `make PYTHON=python3.13 ...`" % v)'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
-	$(UV) install --quiet -r requirements.lock
-	$(UV) install --quiet --no-deps -e .
+	$(UV_INSTALL) -r requirements.lock
+	$(UV_INSTALL) --no-deps -e .
 	touch $(STAMP)
 
 # Validate params.yaml first, so a typo stops here with one line before DVC touches anything.
