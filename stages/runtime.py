@@ -47,6 +47,14 @@ def import_tensorflow():
     return tf
 
 
+def thread_limits(threads: int) -> dict[str, str]:
+    """Environment variables that cap TensorFlow (and oneDNN/OpenMP) at `threads` threads per
+    pool, read when TensorFlow starts: for processes that share the cores, so that N of them
+    never run N x all-cores threads that spin against each other."""
+    return {"TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": str(threads),
+            "OMP_NUM_THREADS": str(threads)}
+
+
 # Keras imports these at start-up for features cnnlab never uses: scikit-learn for its
 # scikit-learn wrappers (SciPy's statistics with it), matplotlib for keras.visualization, pandas
 # so that fit() accepts DataFrames.

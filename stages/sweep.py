@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stages.errors import CnnlabError
+from stages.runtime import thread_limits
 
 # Where trials keep their workspaces on each node (a retry finds its predecessor's checkpoint here).
 SCRATCH = Path(tempfile.gettempdir()) / "cnnlab-sweep"
@@ -138,9 +139,7 @@ def thread_environment(threads: int) -> dict[str, str]:
     """Environment that caps TensorFlow (and oneDNN/OpenMP) at `threads` threads, and puts this
     interpreter's scripts (cnnlab, dvc) first on PATH for the stage commands."""
     scripts = str(Path(sys.executable).parent)
-    return {**os.environ, "PATH": os.pathsep.join([scripts, os.environ.get("PATH", "")]),
-            "TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": str(threads),
-            "OMP_NUM_THREADS": str(threads)}
+    return {**os.environ, "PATH": os.pathsep.join([scripts, os.environ.get("PATH", "")]), **thread_limits(threads)}
 
 
 def run(command: list[str], cwd: Path | str, env: dict | None = None, **options) -> str:
