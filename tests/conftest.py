@@ -19,8 +19,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN_DIR = Path(sys.executable).parent  # the venv's bin: cnnlab and dvc live here
 
 # The test workers (pytest-xdist) share the cores: each worker's TensorFlow, in-process or in the
-# commands it starts, gets its share of them. With every process on all cores, two workers'
-# trainings ran 1.6x longer side by side than with one thread each (the tests' models are tiny).
+# commands it starts, gets its share of them, so that two workers' trainings never spin against
+# each other (two default-project trainings side by side: median 17 s with one thread each, 27 s
+# with all cores each; docs/performance.md).
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 os.environ.update(thread_limits(max(1, len(os.sched_getaffinity(0)) // WORKERS)))
 
