@@ -158,7 +158,7 @@ def cluster(tmp_path_factory):
     nodes = [start_node("--head", f"--port={port}", "--include-dashboard=false",
                         f"--ray-client-server-port={free_port()}", env=env)]
     try:
-        time.sleep(5)
+        wait_for_port(port)  # the head's GCS: the second node joins through it
         nodes.append(start_node(f"--address={address}", env=env))
         wait_for_nodes(address, 2, env)
         yield address, env, nodes
@@ -167,6 +167,16 @@ def cluster(tmp_path_factory):
             stop_node(node)
         leftovers = {pid: line for node in nodes for pid, line in processes_in_session(node.pid).items()}
         assert not leftovers, f"Ray processes left running: {leftovers}"
+
+
+def wait_for_port(port: int, seconds: float = 60) -> None:
+    """Until something on this machine accepts TCP connections on `port`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"nothing listens on port {port} after {seconds:.0f} s")
 
 
 def wait_for_nodes(address: str, count: int, env: dict, seconds: float = 120) -> None:
