@@ -40,10 +40,11 @@ def use_fast_params(project: Path, extra: dict | None = None) -> None:
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def write_image_tree(root: Path, per_class: int = 16) -> list[str]:
-    """Three visibly different classes of small RGB PNGs, of mixed sizes, one folder per class."""
+def write_image_tree(root: Path, classes: tuple[str, ...] = ("bright", "dark", "striped"),
+                     per_class: int = 16) -> list[str]:
+    """Visibly different classes (bright, dark, striped) of small RGB PNGs, of mixed sizes, one
+    folder per class."""
     rng = np.random.default_rng(0)
-    classes = ["bright", "dark", "striped"]
     for name in classes:
         (root / name).mkdir(parents=True)
         for index in range(per_class):
@@ -52,7 +53,7 @@ def write_image_tree(root: Path, per_class: int = 16) -> list[str]:
             pixels = {"bright": 200 + noise, "dark": noise,
                       "striped": np.where((np.arange(width) // 2 % 2)[None, :, None], 220, 20) + noise}[name]
             Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / name / f"{index}.png")
-    return classes
+    return list(classes)
 
 
 # --- one source of truth -------------------------------------------------------------------------
@@ -161,7 +162,8 @@ def test_init_then_dvc_repro_on_the_bundled_digits(tmp_path):
 @pytest.mark.tf
 @pytest.mark.skipif(not FOLDER_SOURCE, reason="needs the folder dataset source (prepare.dataset: folder)")
 def test_init_with_own_images_then_dvc_repro_and_predict(tmp_path):
-    classes = write_image_tree(tmp_path / "my_images")
+    """Two classes, the smallest folder a user brings: the task is binary (one sigmoid unit)."""
+    classes = write_image_tree(tmp_path / "my_images", ("bright", "dark"))
     result = run_cnnlab("init", "shapes", "--data", str(tmp_path / "my_images"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     project = tmp_path / "shapes"
@@ -174,6 +176,11 @@ def test_init_with_own_images_then_dvc_repro_and_predict(tmp_path):
 
     meta = yaml.safe_load((project / "data" / "prepared" / "meta.json").read_text())
     assert meta["class_names"] == classes
+    assert meta["task"] == "binary" and meta["num_classes"] == 2
+    metrics = yaml.safe_load((project / "reports" / "metrics.json").read_text())
+    assert metrics["test_images"] == meta["splits"]["test"] > 0
+    rows = pd.read_csv(project / "reports" / "evaluation" / "confusion.csv")
+    assert set(rows["actual"]) == set(classes)
     output = project / "predictions.csv"
     predicted = run_cnnlab("predict", str(tmp_path / "my_images" / "dark"), "--output", str(output),
                            cwd=project)

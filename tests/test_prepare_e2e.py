@@ -1,10 +1,11 @@
-"""The whole pipeline on the user's own folder of PNG images, driven by the real dvc binary."""
+"""The whole pipeline on the user's own folder of PNG images, driven by the real dvc binary.
+
+A two-class folder (a binary task) runs through `cnnlab init --data` in test_init.py."""
 
 from __future__ import annotations
 
 import json
 
-import pandas as pd
 import pytest
 from conftest import FAST_PARAMS, write_params
 from dataset_writers import image_tree, write_image
@@ -40,10 +41,3 @@ def test_folder_of_images_runs_the_whole_pipeline(dvc_project):
     write_image(project / "data" / "raw" / "shapes" / "red" / "new.png", (200, 0, 0))
     assert "prepare" in dvc_project("dvc", "status").stdout
 
-
-def test_two_class_folder_runs_as_a_binary_task(dvc_project):
-    meta, metrics = run_folder_pipeline(dvc_project, {"cats": "red", "dogs": "blue"})
-    assert meta["task"] == "binary" and meta["num_classes"] == 2
-    assert metrics["test_images"] == meta["splits"]["test"] == 6
-    rows = pd.read_csv(dvc_project.path / "reports" / "evaluation" / "confusion.csv")
-    assert set(rows["actual"]) == {"cats", "dogs"}
