@@ -53,6 +53,27 @@ def run_cnnlab(*args: str, cwd: Path | str, check: bool = False, columns: int | 
     return result
 
 
+
+@pytest.fixture
+def cnnlab_in_process(monkeypatch):
+    """cnnlab_in_process(*args, cwd=..., columns=None): `cnnlab ARGS` run in `cwd` within this
+    test's process, through the same typer app, sparing a fresh interpreter's imports (TensorFlow's
+    alone takes 3 to 7 s on 2 cores). For what a command writes and prints when it succeeds: it
+    must exit 0, and its result has .stdout. Exit codes, error lines and what a fresh process
+    imports stay with run_cnnlab."""
+    from typer.testing import CliRunner
+
+    from stages.cli import app
+
+    def run(*args: str, cwd: Path, columns: int | None = None):
+        monkeypatch.chdir(cwd)
+        result = CliRunner().invoke(app, list(args), catch_exceptions=False,
+                                    env={"COLUMNS": str(columns)} if columns else None)
+        assert result.exit_code == 0, result.output
+        return result
+
+    return run
+
 def write_params(folder: Path, overrides: dict) -> Path:
     """Copy the project's params.yaml into `folder`, with nested `overrides` applied."""
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())

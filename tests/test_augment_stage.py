@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_cnnlab, write_params
+from conftest import write_params
 from stages.artifacts import read_training_set
 from stages.augment import PREVIEW_FILE, TRANSFORM_KEYS, augment, build_online_augmenter
 from stages.config import AugmentParams, PrepareParams
@@ -105,13 +105,13 @@ def test_horizontal_flip_on_digits_is_logged_and_recorded(prepared, tmp_path, ca
     assert policy["warnings"][0] in caplog.text
 
 
-def test_training_on_online_augmentation_through_the_cli(prepared, tmp_path):
+def test_training_on_online_augmentation_through_the_cli(prepared, tmp_path, cnnlab_in_process):
     write_params(tmp_path, {"augment": {"mode": "online", "rotation": 10},
                             "train": {"epochs": 2, "batch_size": 64},
                             "model": {"conv_filters": [8], "dense_units": [16]}})
-    run_cnnlab("augment", "--prepared", str(prepared), "--output", "augmented", cwd=tmp_path, check=True)
-    result = run_cnnlab("train", "--prepared", str(prepared), "--augmented", "augmented", "--model", "model.keras",
-                        "--summary", "summary.json", "--live-dir", "live", cwd=tmp_path, check=True)
+    cnnlab_in_process("augment", "--prepared", str(prepared), "--output", "augmented", cwd=tmp_path)
+    result = cnnlab_in_process("train", "--prepared", str(prepared), "--augmented", "augmented",
+                               "--model", "model.keras", "--summary", "summary.json", "--live-dir", "live", cwd=tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["epochs_run"] == 2 and summary["params"]["augment"]["mode"] == "online"
     assert summary["train_images"] == len(np.load(prepared / "train_y.npy"))

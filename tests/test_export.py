@@ -26,13 +26,12 @@ def test_the_graph_normalizes_exactly_like_prepare(normalization):
     assert np.array_equal(normalize_tensor(pixels, normalization).numpy(), normalize(pixels, normalization))
 
 
-def test_exported_model_gives_the_keras_model_classes(trained_digits, tmp_path):
+def test_exported_model_gives_the_keras_model_classes(trained_digits, tmp_path, cnnlab_in_process):
     import keras
     import tensorflow as tf
 
     export_dir = tmp_path / "model.export"
-    result = run_cnnlab("export", "--output", str(export_dir), cwd=trained_digits)
-    assert result.returncode == 0, result.stderr
+    cnnlab_in_process("export", "--output", str(export_dir), cwd=trained_digits)
 
     prepared = trained_digits / "data" / "prepared"
     meta = json.loads((prepared / "meta.json").read_text())

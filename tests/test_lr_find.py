@@ -32,12 +32,12 @@ def test_the_suggestion_is_a_tenth_of_the_minimum_and_the_steepest_descent_comes
 
 
 @pytest.mark.tf
-def test_lr_find_writes_plot_and_suggestion_and_touches_no_pipeline_file(trained_digits, tmp_path):
+def test_lr_find_writes_plot_and_suggestion_and_touches_no_pipeline_file(trained_digits, tmp_path, cnnlab_in_process):
     project = Path(shutil.copytree(trained_digits, tmp_path / "project"))
     pipeline = [project / name for name in ("data", "models", "reports", ".cnnlab") if (project / name).exists()]
     before = digests(*pipeline)
     assert any("checkpoints" in path for path in before) and any("model.keras" in path for path in before)
-    result = run_cnnlab("lr-find", "--steps", "40", "--output", "lr", cwd=project, check=True)
+    result = cnnlab_in_process("lr-find", "--steps", "40", "--output", "lr", cwd=project)
     assert digests(*pipeline) == before
     record = json.loads((project / "lr" / "lr_find.json").read_text())
     assert 1e-7 <= record["suggested_learning_rate"] < record["minimum_loss_rate"] <= 10.0

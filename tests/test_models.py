@@ -201,16 +201,16 @@ def test_explain_shows_the_course_formulas():
     assert dense["params_formula"] == "units × (inputs + 1) = 64 × (5,408 + 1) = 346,176"
 
 
-def test_cnnlab_summary_prints_the_table_and_the_explained_formulas(tmp_path: Path):
+def test_cnnlab_summary_prints_the_table_and_the_explained_formulas(tmp_path: Path, cnnlab_in_process):
     raw = yaml.safe_load((REPO_ROOT / "examples" / "mnist_cnn.yaml").read_text())
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"model": raw["model"], "train": raw["train"]}))
     prepared = tmp_path / "data" / "prepared"
     prepared.mkdir(parents=True)  # summary needs only the shapes in meta.json
     (prepared / "meta.json").write_text(json.dumps(meta_record(list("0123456789"), [28, 28, 1])))
 
-    plain = run_cnnlab("summary", cwd=tmp_path, check=True).stdout
+    plain = cnnlab_in_process("summary", cwd=tmp_path).stdout
     assert "147,520" in plain and "Total params:" in plain and "166,986" in plain
-    explained = run_cnnlab("summary", "--explain", cwd=tmp_path, check=True).stdout
+    explained = cnnlab_in_process("summary", "--explain", cwd=tmp_path).stdout
     assert "(W − F + 2P)/S + 1 = (28 − 3 + 0)/1 + 1 = 26" in explained
     assert "units × (inputs + 1) = 64 × (2,304 + 1) = 147,520" in explained
     assert explained.count("✓ agrees with Keras") == 7 and "✗" not in explained

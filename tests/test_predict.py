@@ -98,14 +98,13 @@ def test_a_binary_models_single_unit_becomes_two_class_probabilities():
 
 # --- the command, on a real trained model -------------------------------------------------------
 @pytest.mark.tf
-def test_predictions_on_png_files_equal_the_evaluate_stage(trained_digits, tmp_path):
+def test_predictions_on_png_files_equal_the_evaluate_stage(trained_digits, tmp_path, cnnlab_in_process):
     paths = write_digit_pngs(trained_digits / "data" / "prepared", tmp_path / "pngs")
     output = tmp_path / "predictions.csv"
 
-    result = run_cnnlab("predict", str(tmp_path / "pngs"), "--output", str(output), "--batch-size", "64",
-                        "--top-k", "3", cwd=trained_digits)
+    result = cnnlab_in_process("predict", str(tmp_path / "pngs"), "--output", str(output), "--batch-size", "64",
+                               "--top-k", "3", cwd=trained_digits)
 
-    assert result.returncode == 0, result.stderr
     predictions = pd.read_csv(output, dtype={"predicted": str, "top_2": str, "top_3": str})
     evaluated = pd.read_csv(trained_digits / "reports" / "evaluation" / "confusion.csv", dtype=str)
     assert predictions["file"].tolist() == [str(path) for path in paths]

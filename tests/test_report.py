@@ -11,10 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
 from stages import plots
-from stages.cli import app
 from stages.calibration import expected_calibration_error, reliability_table, threshold_table
 from conftest import REPO_ROOT, project_runner, run_cnnlab, write_params
 
@@ -109,17 +107,11 @@ def make_artifacts(root: Path, layers: bool = True, preview: bool = True) -> lis
 
 
 @pytest.fixture
-def report_command(monkeypatch):
+def report_command(cnnlab_in_process):
     """report_command(arguments, folder): `cnnlab report ...` run in `folder` within this test's
-    process, through the same typer app, sparing a fresh interpreter's second of imports each
-    time. Fresh interpreters stay where the process is what is tested: exit codes and error
-    lines, and that no TensorFlow is imported."""
-    def run(arguments: list[str], folder: Path) -> None:
-        monkeypatch.chdir(folder)
-        result = CliRunner().invoke(app, arguments, catch_exceptions=False)
-        assert result.exit_code == 0, result.output
-
-    return run
+    process (conftest's cnnlab_in_process). Fresh interpreters stay where the process is what is
+    tested: exit codes and error lines, and that no TensorFlow is imported."""
+    return lambda arguments, folder: cnnlab_in_process(*arguments, cwd=folder)
 
 
 def linked_images(markdown: str) -> list[str]:
