@@ -51,6 +51,7 @@ def test_scorer(images: np.ndarray, labels: np.ndarray, batch_size: int, flip: b
             predicted = predict_probabilities(self.model, images, batch_size, flip).argmax(axis=1)
             accuracy = float(np.mean(predicted == labels))
             self.paused += time.perf_counter() - scoring
+            self.last_epoch_end = time.perf_counter()
             self.curve.append((epoch + 1, seconds, float(logs["val_accuracy"]), accuracy))
             print(f"epoch {epoch + 1:3d}  {seconds:7.1f} s  val_accuracy {logs['val_accuracy']:.4f}  "
                   f"test accuracy {accuracy:.4f}", flush=True)
@@ -89,15 +90,17 @@ def main() -> None:
         started = time.perf_counter()
         summary = train(params, prepared, work / "augmented", work / "model.keras", work / "summary.json",
                         work / "live", work / "checkpoints", callbacks=(scorer,))
-        stage_seconds = time.perf_counter() - started - scorer.paused
+        returned = time.perf_counter()
+        stage_seconds = returned - started - scorer.paused
+        before, after = scorer.started - started, returned - scorer.last_epoch_end
         metrics = evaluate(params.evaluate, work / "model.keras", prepared, work / "metrics.json", work / "evaluation")
 
     reached = next(((epoch, seconds) for epoch, seconds, _, accuracy in scorer.curve if accuracy >= args.target), None)
     print(f"recipe {args.params.name}: {summary['total_params']:,} parameters, precision {summary['precision']}, "
           f"{summary['train_images']:,} training images, batch {params.train.batch_size}, "
           f"{summary['epochs_run']} epochs")
-    print(f"training loop {scorer.curve[-1][1]:.1f} s; train stage {stage_seconds:.1f} s "
-          "(model building, data loading, checkpoints and the copies at the end included)")
+    print(f"training loop {scorer.curve[-1][1]:.1f} s; train stage {stage_seconds:.1f} s: {before:.1f} s before "
+          f"the first epoch (data, model, compiling) and {after:.1f} s after the last (best epoch, model.keras, logs)")
     if reached:
         print(f"test accuracy {args.target:.1%} reached after epoch {reached[0]}, {reached[1]:.1f} s of training")
     else:
