@@ -54,6 +54,8 @@ LIVE_SCRATCH = "live"
 # Arrays that take at most this share of the available memory are read into memory once and
 # batches gathered in the graph; larger ones are streamed from the memory map, batch by batch.
 IN_MEMORY_SHARE = 0.25
+# Batches read ahead while the model trains on the current one.
+PREFETCH_BATCHES = 2
 
 
 def available_memory() -> int:
@@ -138,7 +140,7 @@ def training_dataset(images, labels, batch_size: int, seed: int, epochs: range, 
         dataset = augmentation(dataset, first_step=epochs.start * math.ceil(count / batch_size))
     if weighting is not None:
         dataset = dataset.map(weighting, num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return without_autotuner(dataset.prefetch(PREFETCH_BATCHES))
 
 
 def evaluation_dataset(labels, batch_size: int, read_batch):
@@ -147,7 +149,17 @@ def evaluation_dataset(labels, batch_size: int, read_batch):
     count = len(labels)
     starts = tf.data.Dataset.range(0, count, batch_size)
     indices = starts.map(lambda start: tf.range(start, tf.minimum(start + batch_size, count)))
-    return indices.map(read_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return without_autotuner(indices.map(read_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(PREFETCH_BATCHES))
+
+
+def without_autotuner(dataset):
+    """The pipeline without tf.data's autotuner. Its thread re-plans the pipeline on a timer that
+    grows to a minute, and deleting the iterator at the end of `fit` waited for it: up to 60 s
+    after the last epoch (docs/performance.md). Parallel maps then run one call per core."""
+    tf = import_tensorflow()
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
 
 
 # --- model, phases, callbacks -------------------------------------------------------------------
