@@ -223,6 +223,18 @@ def test_in_memory_and_streamed_pipelines_give_the_same_batches(tmp_path, label_
     assert not np.array_equal(shuffled, in_order) and np.array_equal(in_order, images)
 
 
+def test_the_pipelines_run_without_the_autotuner(tmp_path):
+    """tf.data's autotuner made the end of `fit` wait for its thread, up to a minute."""
+    from stages.optimization import LossChoice
+    from stages.train import batch_reader, evaluation_dataset, training_dataset
+
+    prepared = write_prepared(tmp_path)
+    images, labels = np.load(prepared / "train_x.npy"), np.load(prepared / "train_y.npy")
+    read = batch_reader(images, labels, LossChoice("sparse_categorical", "integer"), 3)
+    for dataset in (training_dataset(images, labels, 10, 7, range(2), read), evaluation_dataset(labels, 10, read)):
+        assert dataset.options().autotune.enabled is False
+
+
 @pytest.mark.parametrize("precision", ["float32", "auto"])
 def test_same_seed_and_params_give_identical_metrics(tmp_path, precision):
     model = {"dense_dropout": 0.3, "batch_norm": True}
