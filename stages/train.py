@@ -164,8 +164,11 @@ def without_autotuner(dataset):
 
 # --- model, phases, callbacks -------------------------------------------------------------------
 # Keras runs up to this many training steps per call from Python: fewer round trips between
-# Python and the graph (benchmarks/train_speed.py measures the gain), the same arithmetic.
-MAX_STEPS_PER_EXECUTION = 16
+# Python and the graph, the same arithmetic. On small models the round trip is most of a step:
+# the default digits project (41 steps an epoch, a prime) trained its 30 epochs in 5.0-6.0 s with
+# 41 steps per call against 7.0-8.4 s with one (docs/performance.md). A call of 64 steps on
+# Fashion-MNIST takes about 2 s on 2 cores, so that a terminal's progress bar still moves.
+MAX_STEPS_PER_EXECUTION = 64
 
 
 def steps_per_execution(steps_per_epoch: int) -> int:

@@ -246,7 +246,7 @@ def test_same_seed_and_params_give_identical_metrics(tmp_path, precision):
     assert first["history"] != other_seed["history"]
 
 
-@pytest.mark.parametrize(("steps_per_epoch", "expected"), [(6, 6), (16, 16), (40, 10), (399, 7), (469, 7), (401, 1)])
+@pytest.mark.parametrize(("steps_per_epoch", "expected"), [(6, 6), (41, 41), (64, 64), (128, 64), (399, 57), (469, 7), (401, 1)])
 def test_steps_per_execution_divides_the_epoch(steps_per_epoch, expected):
     from stages.train import steps_per_execution
 
