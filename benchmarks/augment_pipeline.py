@@ -19,12 +19,13 @@ from __future__ import annotations
 import argparse
 import time
 
-from stages.augment import TRANSFORM_KEYS, build_online_augmenter
+from stages.augment import TRANSFORM_KEYS
 from stages.config import AugmentParams, TrainParams
 from stages.io import load_array
 from stages.optimization import choose_loss
 from stages.runtime import import_tensorflow, seed_everything
 from stages.train import batch_reader, training_dataset
+from stages.transforms import build_online_augmenter
 
 
 def keras_layers_augmentation(params: AugmentParams, seed: int):

@@ -6,7 +6,7 @@ Writes into data/augmented (replaced atomically):
     train_{x,y}.npy      offline mode only: the originals followed by `copies` augmented copies
 
 `off` uses the prepared training set as it is. `online` writes only the policy: `train`
-maps `build_online_augmenter(policy)` over its training batches, so every epoch sees a
+maps `online_augmentation` (stages/transforms.py) over its training batches, so every epoch sees a
 fresh random transform of every image and the data on disk never change. `offline`
 materializes seeded copies once, a fixed training set that DVC versions. Both modes run
 the same transform code (stages/transforms.py). Validation and test data are never
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.artifacts import META_FILE, POLICY_FILE, TRANSFORM_KEYS, read_meta, read_policy, read_split
+from stages.artifacts import META_FILE, POLICY_FILE, TRANSFORM_KEYS, read_meta, read_split
 from stages.config import AugmentParams
 from stages.io import atomic_dir, open_array, save_array, write_json
 from stages.progress import track
@@ -78,51 +78,6 @@ def resolve_policy(params: AugmentParams, seed: int, meta: dict) -> dict:
     return policy
 
 
-def build_augmenter(policy: dict) -> Callable:
-    """`augment(images, seed) -> images` for one batch, from a resolved policy."""
-    from stages.transforms import build_augmenter as build
-
-    return build(policy["transforms"], policy["value_range"]["low"], policy["value_range"]["high"])
-
-
-def build_mixer(policy: dict) -> Callable | None:
-    """`mix(images, labels, seed) -> (images, labels)` (MixUp, CutMix) for one batch, or None
-    when the policy mixes no labels."""
-    from stages.transforms import build_mixer as build
-
-    return build(policy["transforms"]) if policy.get("mixes_labels") else None
-
-
-def build_online_augmenter(policy: dict) -> Callable:
-    """A function mapping a batched (images, labels) tf.data pipeline to its augmented twin.
-
-    Batch number `step` of the whole run (counted across epochs from `first_step`) is
-    transformed with the seed pair (policy seed, step): a fresh transform of every image in
-    every epoch, repeatable from the seed, and the same after a resumed run starts again at
-    a later step. MixUp / CutMix then mix the batch's images and (one-hot) labels, from the
-    same seed pair. Stateless, so the map runs in parallel with training.
-    """
-    tf = import_tensorflow()
-    augment_batch, mix = build_augmenter(policy), build_mixer(policy)
-    seed = tf.constant(policy["seed"], dtype=tf.int64)
-
-    def augment_pair(step, batch):
-        batch_seed = tf.stack([seed, step])
-        images = augment_batch(batch[0], batch_seed)
-        return mix(images, batch[1], batch_seed) if mix else (images, batch[1])
-
-    def augment_dataset(dataset, first_step: int = 0):
-        return dataset.enumerate(start=first_step).map(augment_pair, num_parallel_calls=tf.data.AUTOTUNE)
-
-    return augment_dataset
-
-
-def online_augmentation(augmented_dir: str | Path) -> Callable | None:
-    """`build_online_augmenter` of the stage's policy in `online` mode, else None."""
-    policy = read_policy(augmented_dir)
-    return build_online_augmenter(policy) if policy["mode"] == "online" else None
-
-
 def write_copies(augment_batch: Callable, images: np.ndarray, labels: np.ndarray,
                  copies: int, seed: int, folder: Path) -> None:
     """train_x.npy: the originals, then copy 1 of every image, copy 2, ...; labels to match.
@@ -166,7 +121,9 @@ def write_preview(augment_batch: Callable, images: np.ndarray, labels: np.ndarra
 def mixed_examples(policy: dict, originals: np.ndarray, class_ids: list[int], meta: dict) -> dict | None:
     """MixUp / CutMix applied to the preview's originals (each mixed, with a partner from the
     others): the mixed images and, per image, its label as 'share class + share class'."""
-    mix = build_mixer({**policy, "transforms": {**policy["transforms"], "mix_probability": 1.0}})
+    from stages.transforms import policy_mixer
+
+    mix = policy_mixer({**policy, "transforms": {**policy["transforms"], "mix_probability": 1.0}})
     if mix is None or len(originals) < 2:
         return None
     one_hot = np.eye(meta["num_classes"], dtype=np.float32)[class_ids]
@@ -189,7 +146,9 @@ def augment(params: AugmentParams, seed: int, prepared_dir: str | Path, output_d
     with atomic_dir(output_dir) as folder:
         if policy["mode"] != "off":
             images, labels = read_split(prepared_dir, "train", meta)
-            augment_batch = build_augmenter(policy)
+            from stages.transforms import policy_augmenter  # TensorFlow: only where a mode transforms
+
+            augment_batch = policy_augmenter(policy)
             if policy["materialized"]:
                 write_copies(augment_batch, images, labels, policy["copies"], policy["seed"], folder)
             write_preview(augment_batch, images, labels, meta, policy, folder / PREVIEW_FILE)

@@ -23,7 +23,6 @@ import numpy as np
 
 from stages import plots
 from stages.artifacts import META_FILE, read_meta, read_policy, read_training_set
-from stages.augment import online_augmentation
 from stages.config import Params
 from stages.errors import CnnlabError
 from stages.io import atomic_dir, write_json
@@ -86,6 +85,8 @@ def lr_find(params: Params, prepared_dir: str | Path, augmented_dir: str | Path,
     batch_size = params.train.batch_size
     steps_per_epoch = math.ceil(len(train_y) / batch_size)
     tried = rates(min_rate, max_rate, steps)
+
+    from stages.transforms import online_augmentation  # TensorFlow: imported when it runs
 
     seed_everything(params.seed)
     with dtype_policy(resolve_precision(params.train.precision)):

@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 
 from stages.artifacts import META_FILE, read_meta, read_policy, read_split, read_training_set
-from stages.augment import online_augmentation
 from stages.checkpoints import (
     TrainingState, fingerprint, load_state, make_checkpointer, restore, restore_variables,
 )
@@ -320,6 +319,8 @@ def train_with(params: Params, prepared_dir: str | Path, augmented_dir: str | Pa
         read_train = batch_reader(train_x, train_y, loss, num_classes)
         validation = evaluation_dataset(val_y, batch_size, batch_reader(val_x, val_y, loss, num_classes))
         live, live_callback = start_live(folder / LIVE_SCRATCH, state.history)
+        from stages.transforms import online_augmentation  # TensorFlow: imported when it runs
+
         augmentation = online_augmentation(augmented_dir)
         weighting = None if weights is None else sample_weighting(weights, loss)
         run_phases(model, params, state, folder, steps_per_epoch, loss, [live_callback, *callbacks],

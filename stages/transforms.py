@@ -27,6 +27,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from stages.artifacts import read_policy
 from stages.runtime import import_tensorflow
 
 tf = import_tensorflow()
@@ -334,3 +335,43 @@ def build_augmenter(transforms: Mapping[str, Any], low, high) -> Callable:
         return tf.clip_by_value(images, low, high)
 
     return augment
+
+
+# --- a resolved policy (the augment stage's policy.json) -----------------------------------------
+def policy_augmenter(policy: Mapping[str, Any]) -> Callable:
+    """`build_augmenter` of a resolved policy: its transforms within its value range."""
+    return build_augmenter(policy["transforms"], policy["value_range"]["low"], policy["value_range"]["high"])
+
+
+def policy_mixer(policy: Mapping[str, Any]) -> Callable | None:
+    """`build_mixer` of a resolved policy, or None when the policy mixes no labels."""
+    return build_mixer(policy["transforms"]) if policy.get("mixes_labels") else None
+
+
+def build_online_augmenter(policy: Mapping[str, Any]) -> Callable:
+    """A function mapping a batched (images, labels) tf.data pipeline to its augmented twin.
+
+    Batch number `step` of the whole run (counted across epochs from `first_step`) is
+    transformed with the seed pair (policy seed, step): a fresh transform of every image in
+    every epoch, repeatable from the seed, and the same after a resumed run starts again at
+    a later step. MixUp / CutMix then mix the batch's images and (one-hot) labels, from the
+    same seed pair. Stateless, so the map runs in parallel with training.
+    """
+    augment_batch, mix = policy_augmenter(policy), policy_mixer(policy)
+    seed = tf.constant(policy["seed"], dtype=tf.int64)
+
+    def augment_pair(step, batch):
+        batch_seed = tf.stack([seed, step])
+        images = augment_batch(batch[0], batch_seed)
+        return mix(images, batch[1], batch_seed) if mix else (images, batch[1])
+
+    def augment_dataset(dataset, first_step: int = 0):
+        return dataset.enumerate(start=first_step).map(augment_pair, num_parallel_calls=tf.data.AUTOTUNE)
+
+    return augment_dataset
+
+
+def online_augmentation(augmented_dir) -> Callable | None:
+    """`build_online_augmenter` of the augment stage's policy in `online` mode, else None."""
+    policy = read_policy(augmented_dir)
+    return build_online_augmenter(policy) if policy["mode"] == "online" else None

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import write_params
 from stages.artifacts import read_training_set
-from stages.augment import PREVIEW_FILE, TRANSFORM_KEYS, augment, build_online_augmenter
+from stages.augment import PREVIEW_FILE, TRANSFORM_KEYS, augment
 from stages.config import AugmentParams, PrepareParams
 from stages.prepare import prepare
 
@@ -79,6 +79,8 @@ def epoch_batches(dataset) -> list[tuple[np.ndarray, np.ndarray]]:
 def test_online_gives_different_batches_in_different_epochs_and_repeats_from_the_seed(prepared):
     import tensorflow as tf
 
+    from stages.transforms import build_online_augmenter
+
     images, labels = np.load(prepared / "train_x.npy")[:96], np.load(prepared / "train_y.npy")[:96]
     policy = {"seed": 9, "transforms": {key: getattr(AugmentParams(), key) for key in TRANSFORM_KEYS}, "value_range": {"low": [0.0], "high": [1.0]}}
 
@@ -121,6 +123,7 @@ def test_training_on_online_augmentation_through_the_cli(prepared, tmp_path, cnn
 def test_a_resumed_run_augments_its_epochs_exactly_as_an_uninterrupted_run(prepared):
     from stages.optimization import LossChoice
     from stages.train import batch_reader, training_dataset
+    from stages.transforms import build_online_augmenter
 
     images, labels = np.load(prepared / "train_x.npy")[:96], np.load(prepared / "train_y.npy")[:96]
     policy = {"seed": 5, "transforms": {key: getattr(AugmentParams(), key) for key in TRANSFORM_KEYS},

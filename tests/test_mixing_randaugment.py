@@ -65,7 +65,7 @@ def test_mix_probability_leaves_the_other_images_and_labels_alone():
 
 
 def test_same_seed_and_batch_give_the_same_augmentation_and_mix():
-    from stages.augment import build_online_augmenter
+    from stages.transforms import build_online_augmenter
 
     images = np.random.default_rng(0).uniform(0, 1, (16, 8, 8, 1)).astype(np.float32)
     labels = np.eye(4, dtype=np.float32)[np.arange(16) % 4]
