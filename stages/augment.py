@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stages import plots
 from stages.artifacts import META_FILE, POLICY_FILE, TRANSFORM_KEYS, read_meta, read_split
 from stages.config import AugmentParams
 from stages.io import atomic_dir, open_array, save_array, write_json
@@ -102,8 +103,6 @@ def write_copies(augment_batch: Callable, images: np.ndarray, labels: np.ndarray
 def write_preview(augment_batch: Callable, images: np.ndarray, labels: np.ndarray,
                   meta: dict, policy: dict, path: Path) -> None:
     """The first training image of a few classes spread over the class list, beside variants."""
-    from stages import plots  # matplotlib: not for `train`, which imports this module for online mode
-
     class_ids = np.unique(np.linspace(0, meta["num_classes"] - 1, PREVIEW_CLASSES).round().astype(int))
     rows = [(class_id, np.flatnonzero(labels == class_id)) for class_id in class_ids]
     rows = [(class_id, found[0]) for class_id, found in rows if len(found)]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from stages.artifacts import read_policy
@@ -371,7 +372,7 @@ def build_online_augmenter(policy: Mapping[str, Any]) -> Callable:
     return augment_dataset
 
 
-def online_augmentation(augmented_dir) -> Callable | None:
+def online_augmentation(augmented_dir: str | Path) -> Callable | None:
     """`build_online_augmenter` of the augment stage's policy in `online` mode, else None."""
     policy = read_policy(augmented_dir)
     return build_online_augmenter(policy) if policy["mode"] == "online" else None
