@@ -11,6 +11,7 @@ matplotlib.use("Agg")  # no screen on servers or in CI
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from stages.io import atomic_path  # noqa: E402
@@ -23,13 +24,97 @@ def save_figure(figure, path: str | os.PathLike, dpi: int = 100) -> None:
     plt.close(figure)
 
 
-def _show_image(axis, image: np.ndarray) -> None:
+def image_style(image: np.ndarray) -> tuple[np.ndarray, dict]:
+    """An image as it is drawn, and imshow's style for it: one channel in grey (dark ink on a
+    light page whichever way the data is stored), colour clipped to [0, 1]."""
+    image = np.asarray(image, dtype=np.float32)
     if image.shape[-1] == 1:
-        axis.imshow(image[..., 0], cmap="gray_r" if image.mean() < 0.5 else "gray")
-    else:
-        axis.imshow(np.clip(image, 0, 1))
-    axis.set_xticks([])
-    axis.set_yticks([])
+        return image[..., 0], {"cmap": "gray_r" if image.mean() < 0.5 else "gray"}
+    return np.clip(image, 0, 1), {}
+
+
+# --- image grids --------------------------------------------------------------------------------
+# The grids of images (samples, mistakes, Grad-CAM, feature maps, augmentations, duplicates) are
+# laid out by hand on one Axes whose units are inches from the page's top left. An Axes per image
+# costs matplotlib about 13 ms to create and its constrained layout more to place: the evaluate
+# stage's grids took 3 to 4 s of its 10, prepare's sample grid 1.4 s of its 2.3
+# (docs/performance.md).
+TEXT_LINE = 1.3 / 72  # the height of a line of text, in inches per point of font size
+GRID_MARGIN = 0.1  # inches
+
+
+class ImageGrid:
+    """A figure of rows x columns equal cells: each an image box `cell` inches wide and high,
+    with `above` lines of `font`-point text over it (titles) and `below` lines under it
+    (captions); row labels to the left within `label_width` inches; `right` inches at the
+    right for colour bars; the figure's title on top."""
+
+    def __init__(self, rows: int, columns: int, cell: float, title: str, title_size: float = 12,
+                 font: float = 10, above: int = 0, below: int = 0, label_width: float = 0.0,
+                 right: float = 0.0, gap: float = 0.15):
+        self.columns, self.cell, self.font = columns, cell, font
+        self.column_width = cell + gap
+        self.above, self.below = above * font * TEXT_LINE, below * font * TEXT_LINE
+        self.row_height = self.above + cell + self.below + gap
+        self.left = GRID_MARGIN + label_width
+        self.top = GRID_MARGIN + (title_size * TEXT_LINE + 0.1 if title else 0.0)
+        self.width = self.left + columns * self.column_width - gap + right + GRID_MARGIN
+        self.height = self.top + rows * self.row_height - gap + GRID_MARGIN
+        self.figure = plt.figure(figsize=(self.width, self.height))
+        self.board = self.figure.add_axes((0, 0, 1, 1))
+        self.board.set_xlim(0, self.width)
+        self.board.set_ylim(self.height, 0)  # y grows downwards, like the rows
+        self.board.set_autoscale_on(False)
+        self.board.axis("off")
+        if title:
+            self.board.text(self.width / 2, GRID_MARGIN, title, fontsize=title_size, ha="center", va="top")
+
+    def box(self, row: int, column: int) -> tuple[float, float]:
+        """The top-left corner of a cell's image box, in inches."""
+        return self.left + column * self.column_width, self.top + row * self.row_height + self.above
+
+    def show(self, row: int, column: int, image: np.ndarray, frame: str | None = None, **style):
+        """Draw `image` (H x W, or H x W x channels) in a cell, scaled to fit its box without
+        distortion and centred; `style` goes to imshow (cmap, vmin, vmax). Returns the image."""
+        x, y = self.box(row, column)
+        height, width = image.shape[:2]
+        scale = self.cell / max(height, width)
+        x, y = x + (self.cell - width * scale) / 2, y + (self.cell - height * scale) / 2
+        drawn = self.board.imshow(image, extent=(x, x + width * scale, y + height * scale, y),
+                                  aspect="auto", **style)
+        if frame:
+            self.board.add_patch(Rectangle((x, y), width * scale, height * scale, fill=False,
+                                           edgecolor=frame, linewidth=1.5 if frame != "black" else 0.8))
+        return drawn
+
+    def title(self, row: int, column: int, text: str, fontsize: float | None = None) -> None:
+        x, y = self.box(row, column)
+        self.board.text(x + self.cell / 2, y - 0.04, text, fontsize=fontsize or self.font, ha="center",
+                        va="bottom", linespacing=1.1)
+
+    def caption(self, row: int, column: int, text: str, fontsize: float | None = None, centred: bool = False) -> None:
+        """Text under a cell's image box, from its left edge (or centred under it)."""
+        x, y = self.box(row, column)
+        self.board.text(x + self.cell / 2 if centred else x, y + self.cell + 0.04, text, fontsize=fontsize or self.font,
+                        ha="center" if centred else "left", va="top", linespacing=1.1)
+
+    def row_label(self, row: int, text: str, fontsize: float | None = None) -> None:
+        x, y = self.box(row, 0)
+        self.board.text(x - 0.1, y + self.cell / 2, text, fontsize=fontsize or self.font, ha="right",
+                        va="center", linespacing=1.1)
+
+    def colour_bar(self, mappable, first_row: int, last_row: int, label: str):
+        """A colour bar at the right of rows first_row..last_row (their image boxes' span)."""
+        _, top = self.box(first_row, 0)
+        _, bottom = self.box(last_row, 0)
+        bottom += self.cell
+        x = self.left + self.columns * self.column_width
+        axis = self.figure.add_axes((x / self.width, 1 - bottom / self.height, 0.15 / self.width,
+                                     (bottom - top) / self.height), label="<colorbar>")
+        return self.figure.colorbar(mappable, cax=axis, label=label)
+
+    def save(self, path: str | os.PathLike, dpi: int) -> None:
+        save_figure(self.figure, path, dpi)
 
 
 def sample_grid(
@@ -37,19 +122,15 @@ def sample_grid(
     path: str | os.PathLike, per_class: int = 5, dpi: int = 100,
 ) -> None:
     """The first `per_class` images of each class, one row per class, labelled by name."""
-    rows = len(class_names)
-    figure, axes = plt.subplots(rows, per_class, figsize=(per_class * 1.1, rows * 1.1), squeeze=False)
+    longest = max((len(name) for name in class_names), default=1)
+    grid = ImageGrid(len(class_names), per_class, cell=0.85, title="Sample training images by class",
+                     title_size=12, label_width=min(3.0, 0.15 + longest * 10 * 0.6 / 72))
     for class_id, name in enumerate(class_names):
-        indices = np.flatnonzero(np.asarray(labels) == class_id)[:per_class]
-        for column in range(per_class):
-            axis = axes[class_id, column]
-            axis.axis("off")
-            if column < len(indices):
-                _show_image(axis, np.asarray(images[indices[column]], dtype=np.float32))
-                axis.axis("on")
-        axes[class_id, 0].set_ylabel(name, rotation=0, ha="right", va="center")
-    figure.suptitle("Sample training images by class")
-    save_figure(figure, path, dpi)
+        for column, index in enumerate(np.flatnonzero(np.asarray(labels) == class_id)[:per_class]):
+            image, style = image_style(images[index])
+            grid.show(class_id, column, image, frame="black", **style)
+        grid.row_label(class_id, name)
+    grid.save(path, dpi)
 
 
 def training_curves(history: dict[str, Sequence[float]], path: str | os.PathLike, dpi: int = 100,
@@ -138,34 +219,19 @@ def confusion_matrix_figure(
     save_figure(draw_confusion_matrix(matrix, class_names), path, dpi)
 
 
-def _frame(axis, colour: str = "black") -> None:
-    """Ticks off, a thin frame on: images on a white page stay apart."""
-    axis.set_xticks([])
-    axis.set_yticks([])
-    for spine in axis.spines.values():
-        spine.set_visible(True)
-        spine.set_color(colour)
-        spine.set_linewidth(1.5)
-
-
 def misclassified_grid(
     images: np.ndarray, actual: Sequence[str], predicted: Sequence[str], confidences: Sequence[float],
     path: str | os.PathLike, dpi: int = 100, columns: int = 5,
 ) -> None:
     """Test images the model got wrong, in the given order, each titled true / predicted (confidence)."""
-    rows = -(-len(images) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(columns * 2.0, rows * 2.4), squeeze=False,
-                                layout="constrained")
-    for index, axis in enumerate(axes.flat):
-        axis.axis("off")
-        if index < len(images):
-            axis.axis("on")
-            _show_image(axis, np.asarray(images[index], dtype=np.float32))
-            _frame(axis, "tab:red")
-            axis.set_title(f"true: {actual[index]}\npredicted: {predicted[index]}\n"
-                           f"({confidences[index]:.0%})", fontsize=10)
-    figure.suptitle("Misclassified test images, most confident mistakes first", fontsize=13)
-    save_figure(figure, path, dpi)
+    grid = ImageGrid(-(-len(images) // columns), columns, cell=1.65, above=3, font=10,
+                     title="Misclassified test images, most confident mistakes first", title_size=13)
+    for index, picture in enumerate(images):
+        row, column = divmod(index, columns)
+        image, style = image_style(picture)
+        grid.show(row, column, image, frame="tab:red", **style)
+        grid.title(row, column, f"true: {actual[index]}\npredicted: {predicted[index]}\n({confidences[index]:.0%})")
+    grid.save(path, dpi)
 
 
 def feature_maps_figure(
@@ -179,32 +245,26 @@ def draw_feature_maps(image: np.ndarray, class_name: str, layer_maps: Sequence[t
                       max_channels: int = 16, columns: int = 8):
     """One test image and, below it, the first `max_channels` activation maps of each layer, on
     one colour scale per layer (its colour bar at the row's end), labelled with the channels
-    shown out of the layer's total."""
+    shown out of the layer's total. Returns the figure."""
     blocks = [-(-min(maps.shape[-1], max_channels) // columns) for _, maps in layer_maps]
-    figure, axes = plt.subplots(1 + sum(blocks), columns, figsize=(columns * 1.3, (1 + sum(blocks)) * 1.4),
-                                squeeze=False, layout="constrained")
-    for axis in axes.flat:
-        axis.axis("off")
-    _show_image(axes[0, 0], np.asarray(image, dtype=np.float32))
-    axes[0, 0].axis("on")
-    axes[0, 0].set_title(f"input ({class_name})", fontsize=9)
+    grid = ImageGrid(1 + sum(blocks), columns, cell=0.92, above=1, font=8, label_width=0.9, right=0.9,
+                     title="Feature maps: activations of the first convolutional layers, one colour scale per layer")
+    picture, style = image_style(image)
+    grid.show(0, 0, picture, frame="black", **style)
+    grid.title(0, 0, f"input ({class_name})", fontsize=9)
     row = 1
     for (name, maps), block in zip(layer_maps, blocks):
         shown = min(maps.shape[-1], max_channels)
         low, high = float(maps[..., :shown].min()), float(maps[..., :shown].max())
         for channel in range(shown):
-            axis = axes[row + channel // columns, channel % columns]
-            axis.axis("on")
-            drawn = axis.imshow(maps[..., channel], cmap="viridis", vmin=low, vmax=high)
-            _frame(axis, "grey")
-            axis.set_title(f"channel {channel + 1}", fontsize=8)
-        figure.colorbar(drawn, ax=axes[row:row + block, :], fraction=0.02, pad=0.01, label="activation")
-        axes[row, 0].set_ylabel(f"{name}\n{maps.shape[0]}x{maps.shape[1]}\nchannels 1-{shown}\nof {maps.shape[-1]}",
-                                rotation=0, ha="right", va="center", fontsize=9)
+            place = (row + channel // columns, channel % columns)
+            drawn = grid.show(*place, maps[..., channel], frame="grey", cmap="viridis", vmin=low, vmax=high)
+            grid.title(*place, f"channel {channel + 1}")
+        grid.colour_bar(drawn, row, row + block - 1, "activation")
+        grid.row_label(row, f"{name}\n{maps.shape[0]}x{maps.shape[1]}\nchannels 1-{shown}\nof {maps.shape[-1]}",
+                       fontsize=9)
         row += block
-    figure.suptitle("Feature maps: activations of the first convolutional layers, one colour scale per layer",
-                    fontsize=12)
-    return figure
+    return grid.figure
 
 
 def reliability_diagram(table, ece: float, binning: str, path: str | os.PathLike, dpi: int = 100) -> None:
@@ -233,27 +293,22 @@ def gradcam_grid(images: np.ndarray, heat_maps: np.ndarray, titles: Sequence[str
                  path: str | os.PathLike, dpi: int = 100, columns: int = 5, frame: str = "black") -> None:
     """Each image in grey with its Grad-CAM heat map over it (one 0-1 scale, colour bar at the side)."""
     rows = -(-len(images) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(columns * 2.0, rows * 2.3 + 0.4), squeeze=False,
-                                layout="constrained")
+    grid = ImageGrid(rows, columns, cell=1.65, above=3, font=10, right=1.0, title=title, title_size=13)
     colours = matplotlib.colormaps["jet"]
-    for axis in axes.flat:
-        axis.axis("off")
-    for axis, image, heat, caption in zip(axes.flat, images, heat_maps, titles):
-        axis.axis("on")
+    for index, (image, heat, caption) in enumerate(zip(images, heat_maps, titles)):
+        row, column = divmod(index, columns)
         grey = np.asarray(image, dtype=np.float32).mean(axis=-1)
         span = float(grey.max() - grey.min()) or 1.0
         unit = (grey - grey.min()) / span
-        axis.imshow(unit, cmap="gray_r" if unit.mean() < 0.5 else "gray", vmin=0.0, vmax=1.0)
+        grid.show(row, column, unit, cmap="gray_r" if unit.mean() < 0.5 else "gray", vmin=0.0, vmax=1.0)
         # Opacity follows the heat: the image stays visible where the model did not look.
         overlay = colours(np.clip(heat, 0.0, 1.0))
         overlay[..., 3] = 0.15 + 0.6 * np.clip(heat, 0.0, 1.0)
-        axis.imshow(overlay)
-        _frame(axis, frame)
-        axis.set_title(caption, fontsize=10)
+        grid.show(row, column, overlay, frame=frame)
+        grid.title(row, column, caption)
     scale = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0.0, 1.0), colours)
-    figure.colorbar(scale, ax=axes, fraction=0.02, pad=0.01, label="Grad-CAM (1 = strongest)")
-    figure.suptitle(title, fontsize=13)
-    save_figure(figure, path, dpi)
+    grid.colour_bar(scale, 0, rows - 1, "Grad-CAM (1 = strongest)")
+    grid.save(path, dpi)
 
 
 def binary_curves_figure(roc, precision_recall, metrics: dict, positive_class: str,
@@ -311,37 +366,31 @@ def augmentation_preview(
     # The same colour map for a whole figure, chosen like sample_grid's (dark background -> ink on paper).
     unit_originals = (originals - low) / (high - low)
     cmap = "gray_r" if unit_originals.mean() < 0.5 else "gray"
-    mixed_rows = 1 if mixed else 0
-    figure, axes = plt.subplots(rows + mixed_rows, columns,
-                                figsize=(columns * 1.1, (rows + mixed_rows) * 1.1 + 0.4 + 0.3 * mixed_rows),
-                                squeeze=False)
+    longest = max([len(label) for label in row_labels] + [len("mixed")])
+    # The mixed row's captions hang below the grid: the saved figure grows to hold them (save_figure).
+    grid = ImageGrid(rows + (1 if mixed else 0), columns, cell=0.85, above=1, font=8,
+                     label_width=min(3.0, 0.15 + longest * 10 * 0.6 / 72), title="Augmentation preview")
 
-    def draw(axis, image):
+    def draw(row, column, image):
         unit = np.clip((image - low) / (high - low), 0.0, 1.0)
         if unit.shape[-1] == 1:
-            axis.imshow(unit[..., 0], cmap=cmap, vmin=0.0, vmax=1.0)
+            grid.show(row, column, unit[..., 0], frame="black", cmap=cmap, vmin=0.0, vmax=1.0)
         else:
-            axis.imshow(unit)
-        axis.set_xticks([])
-        axis.set_yticks([])
+            grid.show(row, column, unit, frame="black")
 
     for row in range(rows):
         for column, image in enumerate([originals[row], *variants[row]]):
-            draw(axes[row, column], image)
-        axes[row, 0].set_ylabel(row_labels[row], rotation=0, ha="right", va="center")
+            draw(row, column, image)
+        grid.row_label(row, row_labels[row], fontsize=10)
     if mixed:
-        for column, axis in enumerate(axes[rows]):
-            if column < len(mixed["images"]):
-                draw(axis, mixed["images"][column])
-                axis.set_xlabel(mixed["captions"][column].replace(" + ", "\n+ "), fontsize=6)
-            else:
-                axis.axis("off")
-        axes[rows, 0].set_ylabel("mixed", rotation=0, ha="right", va="center")
-    axes[0, 0].set_title("original", fontsize=8)
+        for column, (image, caption) in enumerate(zip(mixed["images"][:columns], mixed["captions"])):
+            draw(rows, column, image)
+            grid.caption(rows, column, caption.replace(" + ", "\n+ "), fontsize=6, centred=True)
+        grid.row_label(rows, "mixed", fontsize=10)
+    grid.title(0, 0, "original")
     for column in range(1, columns):
-        axes[0, column].set_title(f"augmented {column}", fontsize=8)
-    figure.suptitle("Augmentation preview")
-    save_figure(figure, path, dpi)
+        grid.title(0, column, f"augmented {column}")
+    grid.save(path, dpi)
 
 
 def lr_find_curve(rates: np.ndarray, losses: np.ndarray, smoothed: np.ndarray, record: dict,
@@ -368,19 +417,14 @@ def duplicate_pairs(first: np.ndarray, second: np.ndarray, titles: Sequence[tupl
                     path: str | os.PathLike, dpi: int = 100, columns: int = 4) -> None:
     """Duplicate pairs side by side (images scaled to [0, 1]), each image titled with its split
     and label, each pair captioned with its kind (exact, or near and the hash distance)."""
-    rows = -(-len(first) // columns)
-    figure, axes = plt.subplots(rows, 2 * columns, figsize=(columns * 2.6, rows * 1.9), squeeze=False,
-                                layout="constrained")
-    for axis in axes.flat:
-        axis.axis("off")
+    grid = ImageGrid(-(-len(first) // columns), 2 * columns, cell=1.05, above=2, below=1, font=8,
+                     title="Duplicate pairs (leakage across splits first)", title_size=11)
     for index in range(len(first)):
         row, column = divmod(index, columns)
         for side, images in enumerate((first, second)):
-            axis = axes[row, 2 * column + side]
-            axis.axis("on")
-            _show_image(axis, np.asarray(images[index], dtype=np.float32))
-            _frame(axis, "tab:red" if caption[index].startswith("exact") else "tab:orange")
-            axis.set_title(titles[index][side], fontsize=8)
-        axes[row, 2 * column].set_xlabel(caption[index], fontsize=8, loc="left")
-    figure.suptitle("Duplicate pairs (leakage across splits first)", fontsize=11)
-    save_figure(figure, path, dpi)
+            image, style = image_style(images[index])
+            grid.show(row, 2 * column + side, image,
+                      frame="tab:red" if caption[index].startswith("exact") else "tab:orange", **style)
+            grid.title(row, 2 * column + side, titles[index][side])
+        grid.caption(row, 2 * column, caption[index])
+    grid.save(path, dpi)

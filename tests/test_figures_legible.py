@@ -78,8 +78,42 @@ def test_feature_maps_share_one_scale_per_layer_and_say_which_channels():
     first, second = rng.random((6, 6, 20)), 10 * rng.random((3, 3, 4))
     figure = plots.draw_feature_maps(rng.random((6, 6, 1)), "a", [("conv1", first), ("conv2", second)],
                                      max_channels=16)
-    limits = {axis.images[0].get_clim() for axis in figure.axes if axis.images and axis.get_title().startswith("channel")}
-    assert limits == {(first[..., :16].min(), first[..., :16].max()), (second.min(), second.max())}
-    labels = " ".join(axis.get_ylabel() for axis in figure.axes)
+    board = figure.axes[0]  # the grid's images and texts; then the colour bars
+    maps = board.images[1:]  # after the input image: 16 maps of conv1, 4 of conv2
+    assert len(maps) == 20
+    assert {image.get_clim() for image in maps[:16]} == {(first[..., :16].min(), first[..., :16].max())}
+    assert {image.get_clim() for image in maps[16:]} == {(second.min(), second.max())}
+    labels = " ".join(text.get_text() for text in board.texts)
     assert "channels 1-16\nof 20" in labels and "channels 1-4\nof 4" in labels
-    assert sum(1 for axis in figure.axes if axis.get_label() == "<colorbar>") == 2
+    assert "channel 16" in labels and "channel 17" not in labels
+    bars = [axis for axis in figure.axes if axis.get_label() == "<colorbar>"]
+    assert [bar.get_ylim() for bar in bars] == [maps[0].get_clim(), maps[16].get_clim()]
+
+
+@pytest.mark.parametrize(("above", "below", "title_lines", "font"), [(3, 0, 3, 10), (2, 1, 2, 8), (1, 0, 1, 8)],
+                         ids=["three-line titles", "titles and captions", "one-line titles"])
+def test_image_grid_texts_never_overlap_each_other_or_the_images(above, below, title_lines, font):
+    """The grids are laid out by hand: every title, caption and row label has its own room."""
+    rng = np.random.default_rng(2)
+    grid = plots.ImageGrid(3, 4, cell=1.05, title="A figure title over the whole grid", above=above, below=below,
+                           font=font, label_width=0.9, right=0.9)
+    for row in range(3):
+        for column in range(4):
+            drawn = grid.show(row, column, rng.random((8, 12 if column % 2 else 8)), frame="grey",
+                              cmap="viridis", vmin=0, vmax=1)
+            grid.title(row, column, "\n".join(["title"] * title_lines))
+            if below:
+                grid.caption(row, column, "caption")
+        grid.row_label(row, "layer\n8x8\nchannels\nof 4", fontsize=9)
+    grid.colour_bar(drawn, 0, 2, "activation")
+    grid.figure.canvas.draw()
+    texts = boxes(grid.figure, grid.board.texts)
+    assert len(texts) == 1 + 3 * 4 * (2 if below else 1) + 3
+    assert not overlapping(texts)
+    renderer = grid.figure.canvas.get_renderer()
+    images = [image.get_window_extent(renderer) for image in grid.board.images]
+    assert not overlapping(images)
+    assert not any(text.overlaps(image) for text in texts for image in images)
+    bar = [axis for axis in grid.figure.axes if axis.get_label() == "<colorbar>"][0].get_window_extent(renderer)
+    assert not any(bar.overlaps(image) for image in images)
+    assert min(box.x0 for box in texts) >= 0 and max(box.y1 for box in texts) <= grid.figure.bbox.height
