@@ -43,6 +43,11 @@ TEXT_LINE = 1.3 / 72  # the height of a line of text, in inches per point of fon
 GRID_MARGIN = 0.1  # inches
 
 
+def label_width(labels: Sequence[str], fontsize: float = 10) -> float:
+    """Inches of room for the longest label (characters about 0.6 em wide), at most 3."""
+    return min(3.0, 0.15 + max((len(label) for label in labels), default=1) * fontsize * 0.6 / 72)
+
+
 class ImageGrid:
     """A figure of rows x columns equal cells: each an image box `cell` inches wide and high,
     with `above` lines of `font`-point text over it (titles) and `below` lines under it
@@ -122,9 +127,8 @@ def sample_grid(
     path: str | os.PathLike, per_class: int = 5, dpi: int = 100,
 ) -> None:
     """The first `per_class` images of each class, one row per class, labelled by name."""
-    longest = max((len(name) for name in class_names), default=1)
     grid = ImageGrid(len(class_names), per_class, cell=0.85, title="Sample training images by class",
-                     title_size=12, label_width=min(3.0, 0.15 + longest * 10 * 0.6 / 72))
+                     label_width=label_width(class_names))
     for class_id, name in enumerate(class_names):
         for column, index in enumerate(np.flatnonzero(np.asarray(labels) == class_id)[:per_class]):
             image, style = image_style(images[index])
@@ -366,10 +370,9 @@ def augmentation_preview(
     # The same colour map for a whole figure, chosen like sample_grid's (dark background -> ink on paper).
     unit_originals = (originals - low) / (high - low)
     cmap = "gray_r" if unit_originals.mean() < 0.5 else "gray"
-    longest = max([len(label) for label in row_labels] + [len("mixed")])
     # The mixed row's captions hang below the grid: the saved figure grows to hold them (save_figure).
     grid = ImageGrid(rows + (1 if mixed else 0), columns, cell=0.85, above=1, font=8,
-                     label_width=min(3.0, 0.15 + longest * 10 * 0.6 / 72), title="Augmentation preview")
+                     label_width=label_width([*row_labels, "mixed"]), title="Augmentation preview")
 
     def draw(row, column, image):
         unit = np.clip((image - low) / (high - low), 0.0, 1.0)
