@@ -110,3 +110,28 @@ def test_custom_plot_templates_ship_to_new_projects_unchanged():
 
     for name, template in PLOT_TEMPLATES.items():
         assert TEMPLATES.joinpath(template).read_bytes() == (REPO_ROOT / ".dvc" / "plots" / f"{name}.json").read_bytes()
+
+
+def test_the_committed_dvc_lock_was_made_with_this_code_and_these_params():
+    """A fresh clone's `make repro` re-runs no stage because of code or params: every stages/
+    file and every param that dvc.lock records has the hash and value committed beside it
+    (after a code or params edit: `make repro`, then commit dvc.lock)."""
+    import hashlib
+
+    lock = read_yaml((REPO_ROOT / "dvc.lock").read_text())["stages"]
+    params = read_yaml((REPO_ROOT / "params.yaml").read_text())
+    stale = []
+    for stage, record in lock.items():
+        for dependency in record.get("deps", []):
+            path = REPO_ROOT / dependency["path"]
+            if dependency["path"].startswith("stages/") and path.is_file():
+                if hashlib.md5(path.read_bytes()).hexdigest() != dependency["md5"]:
+                    stale.append(f"{stage}: {dependency['path']}")
+        for key, value in record.get("params", {}).get("params.yaml", {}).items():
+            current = params
+            for part in key.split("."):
+                current = current[part]
+            if current != value:
+                stale.append(f"{stage}: params.yaml {key}")
+    assert {stage for stage in lock} == set(STAGES)
+    assert not stale, f"dvc.lock is out of date (run `make repro` and commit it): {stale}"
