@@ -94,7 +94,7 @@ def lr_find(params: Params, prepared_dir: str | Path, augmented_dir: str | Path,
         compile_for_phase(model, params, TRAINING, steps_per_epoch, loss, rate=float(min_rate))
         dataset = training_dataset(
             train_x, train_y, batch_size, params.seed, range(math.ceil(steps / steps_per_epoch)),
-            batch_reader(train_x, train_y, loss, meta["num_classes"]), online_augmentation(augmented_dir),
+            batch_reader(train_x, train_y, loss, meta["num_classes"]), online_augmentation(policy),
             None if weights is None else sample_weighting(weights, loss))
         losses: list[float] = []
         for rate, batch in zip(tried, dataset, strict=False):

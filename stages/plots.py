@@ -87,9 +87,9 @@ class ImageGrid:
         x, y = x + (self.cell - width * scale) / 2, y + (self.cell - height * scale) / 2
         drawn = self.board.imshow(image, extent=(x, x + width * scale, y + height * scale, y),
                                   aspect="auto", **style)
-        if frame:
+        if frame:  # black only keeps images apart (thin); a colour says something (a mistake, a duplicate)
             self.board.add_patch(Rectangle((x, y), width * scale, height * scale, fill=False,
-                                           edgecolor=frame, linewidth=1.5 if frame != "black" else 0.8))
+                                           edgecolor=frame, linewidth=0.8 if frame == "black" else 1.5))
         return drawn
 
     def title(self, row: int, column: int, text: str, fontsize: float | None = None) -> None:

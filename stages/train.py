@@ -321,7 +321,7 @@ def train_with(params: Params, prepared_dir: str | Path, augmented_dir: str | Pa
         live, live_callback = start_live(folder / LIVE_SCRATCH, state.history)
         from stages.transforms import online_augmentation  # TensorFlow: imported when it runs
 
-        augmentation = online_augmentation(augmented_dir)
+        augmentation = online_augmentation(policy)
         weighting = None if weights is None else sample_weighting(weights, loss)
         run_phases(model, params, state, folder, steps_per_epoch, loss, [live_callback, *callbacks],
                    lambda epochs: training_dataset(train_x, train_y, batch_size, params.seed, epochs,

@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
-from stages.artifacts import read_policy
 from stages.runtime import import_tensorflow
 
 tf = import_tensorflow()
@@ -372,7 +370,6 @@ def build_online_augmenter(policy: Mapping[str, Any]) -> Callable:
     return augment_dataset
 
 
-def online_augmentation(augmented_dir: str | Path) -> Callable | None:
-    """`build_online_augmenter` of the augment stage's policy in `online` mode, else None."""
-    policy = read_policy(augmented_dir)
+def online_augmentation(policy: Mapping[str, Any]) -> Callable | None:
+    """`build_online_augmenter` of the augment stage's policy (read_policy) in `online` mode, else None."""
     return build_online_augmenter(policy) if policy["mode"] == "online" else None
