@@ -63,19 +63,33 @@ def to_gray_uint8(images: np.ndarray, max_value: float):
     return [Image.fromarray(image, mode="RGB").convert("L") for image in images]
 
 
+def low_frequency_dct_basis() -> np.ndarray:
+    """The HASH_SIDE lowest rows of the unnormalized DCT-II of length RESIZED_SIDE (SciPy's
+    `dct(x)`: X[k] = 2 * sum_n x[n] cos(pi k (2n + 1) / 2N)), as a matrix: the hash needs only
+    those 8 of the 32 frequencies, and NumPy multiplies them without importing SciPy's FFT
+    (0.3 s of every `cnnlab prepare`)."""
+    frequencies = np.arange(HASH_SIDE)[:, np.newaxis]
+    positions = np.arange(RESIZED_SIDE)[np.newaxis, :]
+    return 2.0 * np.cos(np.pi * frequencies * (2 * positions + 1) / (2 * RESIZED_SIDE))
+
+
 def perceptual_hashes(images: np.ndarray, max_value: float) -> np.ndarray:
     """imagehash.phash of each image as one uint64 (first bit = most significant), chunk by chunk:
-    Pillow resizes each image, SciPy computes the DCTs and NumPy the medians of a whole chunk."""
-    import scipy.fft
+    Pillow resizes each image, NumPy computes the 8x8 lowest DCT frequencies and the medians of
+    a whole chunk."""
     from PIL import Image
 
+    basis = low_frequency_dct_basis()
     hashes = np.empty(len(images), dtype=np.uint64)
     for start in range(0, len(images), CHUNK_IMAGES):
         pictures = to_gray_uint8(images[start:start + CHUNK_IMAGES], max_value)
         small = np.stack([np.asarray(picture.resize((RESIZED_SIDE, RESIZED_SIDE), Image.Resampling.LANCZOS))
                           for picture in pictures]).astype(np.float64)
-        dct = scipy.fft.dct(scipy.fft.dct(small, axis=1), axis=2)[:, :HASH_SIDE, :HASH_SIDE]
-        low = dct.reshape(len(small), HASH_SIDE * HASH_SIDE)
+        low = (basis @ small @ basis.T).reshape(len(small), HASH_SIDE * HASH_SIDE)  # rows: axis 1, columns: axis 2
+        # A frequency that is zero exactly (every frequency but the first of a blank image, the
+        # odd ones of a mirror-symmetric one: SciPy's FFT gives 0) comes out of the products as
+        # rounding noise; as 0 it compares with the median as imagehash's does.
+        low[np.abs(low) <= 1e-9 * np.abs(low[:, :1])] = 0.0
         bits = low > np.median(low, axis=1, keepdims=True)
         hashes[start:start + len(small)] = np.packbits(bits, axis=1).view(">u8")[:, 0]
     return hashes

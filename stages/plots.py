@@ -5,23 +5,31 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-import matplotlib
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")  # no screen on servers or in CI
+from stages.io import atomic_path
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from stages.io import atomic_path  # noqa: E402
+def new_figure(**options) -> Figure:
+    """A figure drawn by Agg, matplotlib's PNG renderer (which also measures texts), made
+    without pyplot: no GUI backend to choose, no global list of open figures to close, and
+    0.1 s less to import."""
+    figure = Figure(**options)
+    FigureCanvasAgg(figure)
+    return figure
 
 
 def save_figure(figure, path: str | os.PathLike, dpi: int = 100) -> None:
     # Dropping the "Software" stamp keeps the bytes identical across runs and versions.
     with atomic_path(path) as temp:
         figure.savefig(temp, dpi=dpi, format="png", metadata={"Software": None}, bbox_inches="tight")
-    plt.close(figure)
 
 
 def image_style(image: np.ndarray) -> tuple[np.ndarray, dict]:
@@ -65,7 +73,7 @@ class ImageGrid:
         self.top = GRID_MARGIN + (title_size * TEXT_LINE + 0.1 if title else 0.0)
         self.width = self.left + columns * self.column_width - gap + right + GRID_MARGIN
         self.height = self.top + rows * self.row_height - gap + GRID_MARGIN
-        self.figure = plt.figure(figsize=(self.width, self.height))
+        self.figure = new_figure(figsize=(self.width, self.height))
         self.board = self.figure.add_axes((0, 0, 1, 1))
         self.board.set_xlim(0, self.width)
         self.board.set_ylim(self.height, 0)  # y grows downwards, like the rows
@@ -141,7 +149,8 @@ def training_curves(history: dict[str, Sequence[float]], path: str | os.PathLike
                     best_epoch: int | None = None) -> None:
     """Accuracy and loss per epoch, training beside validation (the course's two plots), with
     the best epoch (the one saved as the model) marked."""
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    figure = new_figure(figsize=(10, 4), layout="constrained")
+    axes = figure.subplots(1, 2)
     for axis, metric in zip(axes, ("accuracy", "loss")):
         for prefix, label in (("", "train"), ("val_", "validation")):
             values = history.get(prefix + metric)
@@ -185,7 +194,7 @@ def draw_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str]):
     longest = max(len(name) for name in class_names)
     margin = min(3.5, 0.6 + longest * label_font / 72 * 0.6)  # room for the labels, in inches
     side = cell * classes
-    figure = plt.figure(figsize=(side + margin + 1.6, side + margin + 0.8))
+    figure = new_figure(figsize=(side + margin + 1.6, side + margin + 0.8))
     axis = figure.add_axes((margin / (side + margin + 1.6), margin / (side + margin + 0.8),
                             side / (side + margin + 1.6), side / (side + margin + 0.8)))
     image = axis.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
@@ -274,7 +283,8 @@ def draw_feature_maps(image: np.ndarray, class_name: str, layer_maps: Sequence[t
 def reliability_diagram(table, ece: float, binning: str, path: str | os.PathLike, dpi: int = 100) -> None:
     """Accuracy against mean confidence per confidence bin (left; the diagonal is perfect
     calibration) and the test images per bin (right)."""
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4.2), layout="constrained")
+    figure = new_figure(figsize=(10, 4.2), layout="constrained")
+    axes = figure.subplots(1, 2)
     width = (table["bin_high"] - table["bin_low"]).to_numpy()
     centres = ((table["bin_low"] + table["bin_high"]) / 2).to_numpy()
     axes[0].bar(centres, table["accuracy"], width=width, edgecolor="black", color="tab:blue", label="accuracy")
@@ -298,7 +308,7 @@ def gradcam_grid(images: np.ndarray, heat_maps: np.ndarray, titles: Sequence[str
     """Each image in grey with its Grad-CAM heat map over it (one 0-1 scale, colour bar at the side)."""
     rows = -(-len(images) // columns)
     grid = ImageGrid(rows, columns, cell=1.65, above=3, font=10, right=1.0, title=title, title_size=13)
-    colours = matplotlib.colormaps["jet"]
+    colours = colormaps["jet"]
     for index, (image, heat, caption) in enumerate(zip(images, heat_maps, titles)):
         row, column = divmod(index, columns)
         grey = np.asarray(image, dtype=np.float32).mean(axis=-1)
@@ -310,7 +320,7 @@ def gradcam_grid(images: np.ndarray, heat_maps: np.ndarray, titles: Sequence[str
         overlay[..., 3] = 0.15 + 0.6 * np.clip(heat, 0.0, 1.0)
         grid.show(row, column, overlay, frame=frame)
         grid.title(row, column, caption)
-    scale = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0.0, 1.0), colours)
+    scale = ScalarMappable(Normalize(0.0, 1.0), colours)
     grid.colour_bar(scale, 0, rows - 1, "Grad-CAM (1 = strongest)")
     grid.save(path, dpi)
 
@@ -318,7 +328,8 @@ def gradcam_grid(images: np.ndarray, heat_maps: np.ndarray, titles: Sequence[str
 def binary_curves_figure(roc, precision_recall, metrics: dict, positive_class: str,
                          path: str | os.PathLike, dpi: int = 100) -> None:
     """ROC curve (left) and precision-recall curve (right) for the positive class."""
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4.5), layout="constrained")
+    figure = new_figure(figsize=(10, 4.5), layout="constrained")
+    axes = figure.subplots(1, 2)
     axes[0].plot(roc["fpr"], roc["tpr"], label=f"AUC {metrics['roc_auc']:.4f}")
     axes[0].plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
     axes[0].set(xlabel="false positive rate", ylabel="true positive rate", title="ROC curve")
@@ -338,7 +349,8 @@ def experiments_overlay(
     histories: dict[str, dict[str, Sequence[float]]], path: str | os.PathLike, dpi: int = 100
 ) -> None:
     """Validation accuracy and loss per epoch, one curve per experiment."""
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    figure = new_figure(figsize=(11, 4.5))
+    axes = figure.subplots(1, 2)
     for axis, metric in zip(axes, ("val_accuracy", "val_loss")):
         for name, history in histories.items():
             values = history.get(metric)
@@ -399,7 +411,8 @@ def augmentation_preview(
 def lr_find_curve(rates: np.ndarray, losses: np.ndarray, smoothed: np.ndarray, record: dict,
                   path: str | os.PathLike, dpi: int = 100) -> None:
     """The range test: loss against learning rate (log scale), the suggested rate marked."""
-    figure, axis = plt.subplots(figsize=(6.4, 4.0))
+    figure = new_figure(figsize=(6.4, 4.0))
+    axis = figure.subplots()
     axis.plot(rates, losses, color="0.75", linewidth=0.8, label="loss of each step")
     axis.plot(rates, smoothed, color="C0", linewidth=1.8, label="smoothed loss")
     suggested = record["suggested_learning_rate"]

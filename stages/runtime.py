@@ -41,7 +41,7 @@ def import_tensorflow():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     quiet = os.environ["TF_CPP_MIN_LOG_LEVEL"] not in ("0", "1")
     with status("importing TensorFlow"), native_stderr_silenced() if quiet else contextlib.nullcontext(), \
-            keras_optional_modules_hidden():
+            optional_modules_hidden(KERAS_OPTIONAL_MODULES):
         import tensorflow as tf
 
     return tf
@@ -62,11 +62,11 @@ KERAS_OPTIONAL_MODULES = ("sklearn", "matplotlib", "pandas")
 
 
 @contextlib.contextmanager
-def keras_optional_modules_hidden():
-    """While the block runs, importing a KERAS_OPTIONAL_MODULES module not yet imported fails as
-    if it were not installed (Keras then skips what needs it); afterwards a stage imports it as
-    usual. A module already imported stays as it is."""
-    hidden = [name for name in KERAS_OPTIONAL_MODULES if name not in sys.modules]
+def optional_modules_hidden(names: tuple[str, ...]):
+    """While the block runs, importing one of `names` not yet imported fails as if it were not
+    installed (a library that imports it only if installed then skips what needs it);
+    afterwards a stage imports it as usual. A module already imported stays as it is."""
+    hidden = [name for name in names if name not in sys.modules]
     for name in hidden:
         sys.modules[name] = None  # the import system's "not importable" marker
     try:

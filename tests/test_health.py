@@ -39,7 +39,12 @@ def brighter(image: np.ndarray) -> np.ndarray:
 def test_the_perceptual_hash_is_imagehash_phash_bit_for_bit():
     gray = smooth_images(40, size=28, seed=1)
     rgb = np.stack([smooth_images(12, 20, seed) for seed in (2, 3, 4)], axis=-1)
-    for images in (gray[..., np.newaxis], rgb):
+    # Blank and mirror-symmetric images have frequencies that are exactly zero.
+    blank = np.stack([np.full((28, 28), value, np.uint8) for value in (0, 7, 255)])
+    mirrored = np.concatenate([gray[:6, :, :14], gray[:6, :, :14][:, :, ::-1]], axis=2)
+    both_ways = np.concatenate([mirrored[:, :14], mirrored[:, :14][:, ::-1]], axis=1)
+    for images in (gray[..., np.newaxis], rgb, blank[..., np.newaxis], mirrored[..., np.newaxis],
+                   both_ways[..., np.newaxis]):
         ours = health.perceptual_hashes(images, 255)
         expected = [int(str(imagehash.phash(Image.fromarray(image.squeeze()))), 16) for image in images]
         assert ours.tolist() == expected
