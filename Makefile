@@ -5,14 +5,17 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# uv installs the lock's wheels (22 s on a fresh clone with an empty cache, where pip took about
-# 2 minutes; the same packages); uv's own version is the lock's pin. --compile-bytecode writes
-# each module's .pyc at install time, as pip does and uv by default does not: where
-# PYTHONDONTWRITEBYTECODE is set (CI machines, containers), every command otherwise compiled
-# TensorFlow's and DVC's sources anew (TensorFlow's import 7.8 s instead of 3.4 s here;
-# docs/performance.md). A .venv made before this flag: `make clean install`.
+# uv installs the lock's wheels (10 s on a fresh clone with an empty cache, where pip took about
+# 2 minutes; the same packages); uv's own version is the lock's pin.
 UV_VERSION := $(shell sed -n 's/^uv==//p' requirements.lock)
-UV_INSTALL := $(BIN)/uv pip install --no-progress --quiet --compile-bytecode --python $(BIN)/python
+UV_INSTALL := $(BIN)/uv pip install --no-progress --quiet --python $(BIN)/python
+# Python compiles each module it imports to a .pyc the first time, then reads that. Where
+# PYTHONDONTWRITEBYTECODE is set (CI machines, containers), it would compile TensorFlow's
+# sources anew in every command (its import 12 s instead of 4.5 s here). The targets below
+# unset it: the modules the pipeline and the tests import are compiled once, in .venv, on first
+# use; compiling all 16,000 modules at install (uv --compile-bytecode) took 27 s more
+# (docs/performance.md).
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: install repro test test-fast lock lock-check clean params-table
 
