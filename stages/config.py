@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -811,6 +812,21 @@ def parse_params(raw: Any, source: str = DEFAULT_PARAMS_PATH) -> Params:
     return _parse(Params, raw, "", source)
 
 
+# Params nest a few levels deep. Before Python's recursion limit stops it, ruamel's scanner
+# spends time quadratic in the depth of [ and { brackets: 2 s on a line of 5,000 "[".
+MAX_FLOW_DEPTH = 100
+
+
+def flow_depth(text: str) -> int:
+    """The deepest nesting of [ and { brackets in `text`, those in quotes and comments counted
+    too (an upper bound)."""
+    depth = deepest = 0
+    for bracket in re.findall(r"[\[\]{}]", text):
+        depth = depth + 1 if bracket in "[{" else max(0, depth - 1)
+        deepest = max(deepest, depth)
+    return deepest
+
+
 def read_yaml(text: str, source: str = DEFAULT_PARAMS_PATH) -> Any:
     """Parse params YAML exactly as DVC does (ruamel.yaml's safe loader, YAML 1.2), so that
     `off`, `no` and `yes` stay strings and every `dvc exp run -S` round trip means the same
@@ -818,10 +834,13 @@ def read_yaml(text: str, source: str = DEFAULT_PARAMS_PATH) -> Any:
     from ruamel.yaml import YAML
     from ruamel.yaml.error import YAMLError
 
+    too_deep = ConfigError(f"{source}: nested too deeply to be params; fix the brackets or the indentation")
+    if flow_depth(text) > MAX_FLOW_DEPTH:
+        raise too_deep
     try:
         return YAML(typ="safe", pure=True).load(text)
-    except RecursionError:
-        raise ConfigError(f"{source}: nested too deeply to be params; fix the brackets") from None
+    except RecursionError:  # nested block collections: "- - - ..."
+        raise too_deep from None
     except YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

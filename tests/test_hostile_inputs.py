@@ -69,7 +69,9 @@ def alias_bomb(key: str, levels: int = 9, width: int = 9) -> str:
      'params.yaml: not valid YAML at line 2 (found duplicate key "seed" with value "2" (original '
      'value: "1")); fix the syntax'),
     (lambda path: path.write_text("seed: " + "[" * 50_000 + "]" * 50_000 + "\n"),
-     "params.yaml: nested too deeply to be params; fix the brackets"),
+     "params.yaml: nested too deeply to be params; fix the brackets or the indentation"),
+    (lambda path: path.write_text("seed:\n  " + "- " * 3_000 + "1\n"),  # block sequences in sequences
+     "params.yaml: nested too deeply to be params; fix the brackets or the indentation"),
 ])
 def test_unreadable_params_files_give_one_line(project: Path, write, expected: str):
     before = digests(project / "data")
@@ -103,9 +105,9 @@ def write_gzip_stream(path: Path, head: bytes, zeros: int) -> None:
 def test_an_idx_gzip_bomb_is_refused_after_its_header(project: Path):
     folder = write_mnist_idx(project / "raw" / "mnist", mnist_like())
     labels = folder / "train-labels-idx1-ubyte.gz"
-    # 40 labels announced, then 1 GiB of zeros: 1 MB on disk.
-    write_gzip_stream(labels, bytes([0, 0, 8, 1]) + struct.pack(">I", 40) + bytes(range(10)) * 4, 2**30)
-    assert labels.stat().st_size < 2 * 2**20
+    # 40 labels announced, then 256 MiB of zeros: 256 KB on disk.
+    write_gzip_stream(labels, bytes([0, 0, 8, 1]) + struct.pack(">I", 40) + bytes(range(10)) * 4, 2**28)
+    assert labels.stat().st_size < 2**19
     use_dataset(project, dataset="mnist", data_dir="raw/mnist")
     before = digests(project / "data")
 
