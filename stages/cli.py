@@ -19,6 +19,7 @@ from stages.config import DEFAULT_PARAMS_PATH, load_params
 from stages.errors import (
     ENVIRONMENT_EXIT_CODE, USER_ERROR_EXIT_CODE, CnnlabError, EnvironmentFailure, environment_failure,
 )
+from stages.runtime import teardown_skipped_after_tensorflow
 
 
 class PlainHelp:
@@ -356,13 +357,14 @@ def main() -> None:
     warnings.setFormatter(logging.Formatter("cnnlab: warning: %(message)s"))
     logging.getLogger("stages").addHandler(warnings)
     logging.getLogger("stages").propagate = False
-    try:
-        app(prog_name="cnnlab")  # also under `python -m stages`: usage lines, completion scripts
-    except CnnlabError as error:
-        fail(error, USER_ERROR_EXIT_CODE)
-    except EnvironmentFailure as error:
-        fail(error, ENVIRONMENT_EXIT_CODE)
-    except OSError as error:
-        if (failure := environment_failure(error)) is None:
-            raise
-        fail(failure, ENVIRONMENT_EXIT_CODE)
+    with teardown_skipped_after_tensorflow():
+        try:
+            app(prog_name="cnnlab")  # also under `python -m stages`: usage lines, completion scripts
+        except CnnlabError as error:
+            fail(error, USER_ERROR_EXIT_CODE)
+        except EnvironmentFailure as error:
+            fail(error, ENVIRONMENT_EXIT_CODE)
+        except OSError as error:
+            if (failure := environment_failure(error)) is None:
+                raise
+            fail(failure, ENVIRONMENT_EXIT_CODE)
