@@ -6,7 +6,6 @@ TensorFlow takes seconds to import, so only the stages that train or predict cal
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import json
 import os
@@ -46,36 +45,6 @@ def import_tensorflow():
         import tensorflow as tf
 
     return tf
-
-
-@contextlib.contextmanager
-def teardown_skipped_after_tensorflow():
-    """Around a command: once it has exited (SystemExit with a code) and the atexit handlers
-    have run, a process that imported TensorFlow ends at once, without the interpreter's
-    teardown. Freeing TensorFlow's objects one by one and running its libraries' destructors
-    takes 0.8-0.9 s per command (docs/performance.md) and frees nothing the operating system
-    does not. By then Python has joined the other threads and run every atexit handler
-    (logging's flush, DVCLive's, Ray's), and the stages have closed their files; stdout and
-    stderr are flushed here. A traceback (a bug) or a signal keeps the usual exit."""
-    exit_code: list[int] = []
-
-    def exit_now() -> None:
-        if not exit_code or "tensorflow" not in sys.modules:
-            return
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except (OSError, ValueError):  # a closed pipe: Python reports it as usual
-            return
-        os._exit(exit_code[0])
-
-    atexit.register(exit_now)  # registered first, so it runs last (atexit runs handlers in reverse)
-    try:
-        yield
-    except SystemExit as exit:
-        if exit.code is None or isinstance(exit.code, int):
-            exit_code.append(exit.code or 0)
-        raise
 
 
 def thread_limits(threads: int) -> dict[str, str]:
