@@ -358,14 +358,16 @@ def interpreter_teardown_skipped():
     object one by one and runs the libraries' destructors only for the operating system to free
     the memory anyway: 0.8-1.8 s after TensorFlow (its import alone leaves 0.8 s of it), 0.2-0.5 s
     after pandas and matplotlib (docs/performance.md). By then Python has joined the other
-    threads and run every atexit handler (logging's flush, DVCLive's, Ray's), and the stages
-    have closed their files; stdout and stderr are flushed here. A traceback (a bug) or a
-    signal keeps the usual exit."""
+    threads and run the atexit handlers registered since the command started (TensorFlow's,
+    DVCLive's, Ray's), and the stages have closed their files; logging, whose handler was
+    registered before (at its import), is shut down here, and stdout and stderr are flushed.
+    A traceback (a bug) or a signal keeps the usual exit."""
     exit_code: list[int] = []
 
     def exit_now() -> None:
         if not exit_code:
             return
+        logging.shutdown()  # flushes and closes every logging handler, as the skipped teardown would
         try:
             sys.stdout.flush()
             sys.stderr.flush()

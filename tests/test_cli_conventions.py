@@ -10,6 +10,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
 
+import pytest
 import typer
 import yaml
 
@@ -84,3 +85,35 @@ def test_prepare_reports_split_sizes_in_words_not_a_python_dict(tmp_path):
     sizes = meta["splits"]
     assert f"{sizes['train']} train / {sizes['val']} val / {sizes['test']} test" in output
     assert "{" not in output and "'" not in output
+
+
+# A command's process ends without the interpreter's teardown (stages/cli.py): whatever a library
+# left to its atexit handler or to logging's shutdown must still reach the disk.
+EXIT_PROBE = """
+import atexit, logging, logging.handlers, sys
+import stages.cli
+log, marker, arguments = sys.argv[1], sys.argv[2], sys.argv[3:]
+buffered = logging.handlers.MemoryHandler(1000, target=logging.FileHandler(log))  # writes when closed
+logging.getLogger("probe").addHandler(buffered)
+logging.getLogger("probe").warning("kept until logging shuts down")
+command = stages.cli.app
+
+def app(**options):  # the command registers an atexit handler, as TensorFlow, DVCLive and Ray do
+    atexit.register(lambda: open(marker, "w").write("ran"))
+    command(**options)
+
+stages.cli.app = app
+sys.argv = ["cnnlab", *arguments]
+stages.cli.main()
+"""
+
+
+@pytest.mark.parametrize(("arguments", "exit_code"), [(["--version"], 0), (["check"], 2)])
+def test_a_command_ends_only_after_its_atexit_handlers_and_logging_ran(tmp_path, arguments, exit_code):
+    result = subprocess.run([sys.executable, "-c", EXIT_PROBE, "log.txt", "marker.txt", *arguments], cwd=tmp_path,
+                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert result.returncode == exit_code, result.stderr
+    assert (result.stdout.strip() == f"cnnlab {version('cnnlab')}" if exit_code == 0
+            else result.stderr.startswith("cnnlab: error: "))
+    assert (tmp_path / "log.txt").read_text() == "kept until logging shuts down\n"
+    assert (tmp_path / "marker.txt").read_text() == "ran"
