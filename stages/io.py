@@ -106,10 +106,25 @@ def scratch_dir(target: Path, what: str = "scratch"):
     return tempfile.TemporaryDirectory(prefix=f"{_temp_prefix(target)}{what}.", dir=target.parent)
 
 
+def require_destination(target: Path, folder: bool) -> None:
+    """Refuse, before anything is written, a destination that writing would destroy or cannot
+    reach: a file where a folder is to be written (or a folder where a file is), or a path
+    through a file (a typo such as `--output params.yaml` or `--output params.yaml/data`)."""
+    wanted, other = ("folder", "file") if folder else ("file", "folder")
+    if target.exists() and target.is_dir() != folder:
+        raise DataError(f"{target}: is a {other}, where this command writes a {wanted}; pass another "
+                        f"output path, or move the {other} away first (nothing was changed)")
+    existing = next(parent for parent in target.parents if parent.exists())
+    if not existing.is_dir():
+        raise DataError(f"{target}: cannot be written, because {existing} is a file, not a folder; "
+                        "pass another output path")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary file path that replaces `path` only if the block succeeds."""
     target = Path(path)
+    require_destination(target, folder=False)
     with environment_errors(target):
         target.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(target)
@@ -131,6 +146,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary folder that replaces the folder `path` if the block succeeds."""
     target = Path(path)
+    require_destination(target, folder=True)
     with environment_errors(target):
         target.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(target)

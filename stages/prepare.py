@@ -219,7 +219,6 @@ def build_meta(params: PrepareParams, seed: int, raw: RawDataset, splits: dict[s
 def prepare(params: PrepareParams, seed: int, output_dir: str | Path) -> dict:
     """Run the stage; return the metadata written to meta.json."""
     output_dir = Path(output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
     # Decoded folders go to scratch files beside the output (same disk), deleted at the end.
     with atomic_dir(output_dir) as folder, scratch_dir(output_dir) as scratch:
         raw = load_dataset(params, seed, Path(scratch))

@@ -183,6 +183,18 @@ def test_predict_output_naming_a_folder_is_refused_before_anything_runs(project:
     assert list((project / "out").iterdir()) == []
 
 
+@pytest.mark.parametrize(("output", "expected"), [
+    ("params.yaml", "params.yaml: is a file, where this command writes a folder; pass another output path, "
+                    "or move the file away first (nothing was changed)"),
+    ("params.yaml/prepared", "params.yaml/prepared: cannot be written, because params.yaml is a file, not a "
+                             "folder; pass another output path"),
+])
+def test_an_output_that_would_replace_or_go_through_a_file_is_refused(project: Path, output: str, expected: str):
+    before = digests(project)
+    assert error_line(run_cnnlab("prepare", "--output", output, cwd=project)) == expected
+    assert digests(project) == before  # params.yaml and data/prepared untouched
+
+
 @pytest.mark.tf
 def test_predict_writes_file_names_that_are_not_utf8_as_readable_text(trained_digits: Path, tmp_path: Path,
                                                                       cnnlab_in_process):

@@ -100,3 +100,24 @@ def test_environment_failures_name_the_artifact_being_written(tmp_path):
     with pytest.raises(FileNotFoundError):  # not the machine refusing a write: it keeps its traceback
         with atomic_path(tmp_path / "metrics.json"):
             raise FileNotFoundError(errno.ENOENT, "gone")
+
+
+@pytest.mark.parametrize("folder", [True, False])
+def test_a_destination_of_the_other_kind_or_through_a_file_is_refused_untouched(tmp_path, folder):
+    """`--output params.yaml` must not replace the user's file with a folder (nor a folder with a
+    file), and a path through a file is one line, not a traceback."""
+    writer = atomic_dir if folder else atomic_path
+    taken = tmp_path / "taken"
+    if folder:
+        taken.write_text("the user's file\n")
+    else:
+        (taken / "inside").mkdir(parents=True)
+    with pytest.raises(DataError, match=f"is a {'file' if folder else 'folder'}, where this command writes a"):
+        with writer(taken):
+            raise AssertionError("nothing may be written")
+    assert (taken.read_text() == "the user's file\n") if folder else (list(taken.iterdir()) == [taken / "inside"])
+
+    (tmp_path / "notes.txt").write_text("")
+    with pytest.raises(DataError, match="because .*notes.txt is a file, not a folder"):
+        with writer(tmp_path / "notes.txt" / "out"):
+            raise AssertionError("nothing may be written")
